@@ -1,0 +1,105 @@
+"""The client trainers: their ServiceAccount, the Deployment that dials the server, and its PodDisruptionBudget."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import layout
+from infra.labels import CLIENT, Labels
+from infra.meta import child, object_meta
+from infra.mounts import VolumeSources, volumes_and_mounts
+from infra.pod_spec import federation_container, federation_pod_spec
+from infra.stack_config import StackConfig
+
+core, apps, meta_v1 = k8s.core.v1, k8s.apps.v1, k8s.meta.v1
+
+
+class FederationClients(pulumi.ComponentResource):
+    deployment_name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        cfg: StackConfig,
+        labels: Labels,
+        namespace: pulumi.Input[str],
+        config_map: pulumi.Input[str],
+        tls_secret: pulumi.Input[str] | None,
+        auth_secret: pulumi.Input[str] | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("tff-k8s:clients:FederationClients", name, None, opts)
+        d, fed = cfg.deployment, cfg.federation
+        c = d.clients
+        meta, selector = labels.of(CLIENT), labels.selector(CLIENT)
+        account = core.ServiceAccount(
+            c.name,
+            metadata=object_meta(c.name, namespace, meta),
+            automount_service_account_token=False,
+            opts=child(self),
+        )
+        volumes, mounts = volumes_and_mounts(
+            fed,
+            "client",
+            VolumeSources(
+                config_map=config_map,
+                tmp_size=c.tmp_size,
+                tls_secret=tls_secret,
+                auth_secret=auth_secret,
+            ),
+        )
+        container = federation_container(
+            "client",
+            image=d.images.client,
+            pull_policy=d.images.pull_policy,
+            uid=d.run_as_user,
+            resources=c.resources,
+            ports={"health": fed.client.health_port},
+            probe_port=fed.client.health_port,
+            startup_budget_s=fed.server.tff_startup_timeout_s,
+            mounts=mounts,
+            env=layout.client_env(cfg.server_address),
+        )
+        spread = core.TopologySpreadConstraintArgs(
+            max_skew=1,
+            topology_key=c.topology_key,
+            when_unsatisfiable="ScheduleAnyway",
+            label_selector=meta_v1.LabelSelectorArgs(match_labels=selector),
+        )
+        deployment = apps.Deployment(
+            c.name,
+            metadata=object_meta(c.name, namespace, meta),
+            spec=apps.DeploymentSpecArgs(
+                replicas=c.replicas,
+                selector=meta_v1.LabelSelectorArgs(match_labels=selector),
+                strategy=apps.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=apps.RollingUpdateDeploymentArgs(
+                        max_surge=c.max_surge, max_unavailable=c.max_unavailable
+                    ),
+                ),
+                template=core.PodTemplateSpecArgs(
+                    metadata=meta_v1.ObjectMetaArgs(labels=meta),
+                    spec=federation_pod_spec(
+                        container,
+                        service_account=account.metadata.name,
+                        uid=d.run_as_user,
+                        volumes=volumes,
+                        topology_spread_constraints=[spread],
+                    ),
+                ),
+            ),
+            opts=child(self),
+        )
+        floor = c.min_available if c.min_available is not None else fed.training.min_clients
+        k8s.policy.v1.PodDisruptionBudget(
+            c.name,
+            metadata=object_meta(c.name, namespace, meta),
+            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+                min_available=floor, selector=meta_v1.LabelSelectorArgs(match_labels=selector)
+            ),
+            opts=child(self),
+        )
+        self.deployment_name = deployment.metadata.name
+        self.register_outputs({"deployment_name": self.deployment_name})

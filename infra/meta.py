@@ -1,0 +1,20 @@
+"""Object metadata shared by every namespaced resource."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+
+def object_meta(
+    name: pulumi.Input[str],
+    namespace: pulumi.Input[str] | None,
+    labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels, annotations=annotations)
+
+
+def child(parent: pulumi.Resource, **kwargs: object) -> pulumi.ResourceOptions:
+    """Options for a resource owned by a component (the provider is inherited from the parent)."""
+    return pulumi.ResourceOptions(parent=parent, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,55 @@
+"""The federation's namespace and its budget: Namespace (Pod Security "restricted"), ResourceQuota, LimitRange."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.labels import Labels
+from infra.meta import child, object_meta
+from infra.quota import container_max, quota_hard
+from infra.stack_config import DeploymentSettings
+
+core = k8s.core.v1
+POD_SECURITY = {
+    f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")
+} | {f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "audit", "warn")}
+
+
+class FederationNamespace(pulumi.ComponentResource):
+    name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, d: DeploymentSettings, labels: Labels, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("tff-k8s:namespace:FederationNamespace", name, None, opts)
+        ns_labels = labels.of("namespace")
+        namespace = core.Namespace(
+            d.namespace,
+            metadata=object_meta(d.namespace, None, {**ns_labels, **POD_SECURITY}),
+            opts=child(self),
+        )
+        self.name = namespace.metadata.name
+        core.ResourceQuota(
+            f"{d.instance}-quota",
+            metadata=object_meta(f"{d.instance}-quota", self.name, ns_labels),
+            spec=core.ResourceQuotaSpecArgs(hard=quota_hard(d)),
+            opts=child(self),
+        )
+        default = d.clients.resources
+        core.LimitRange(
+            f"{d.instance}-limits",
+            metadata=object_meta(f"{d.instance}-limits", self.name, ns_labels),
+            spec=core.LimitRangeSpecArgs(
+                limits=[
+                    core.LimitRangeItemArgs(
+                        type="Container",
+                        default={"cpu": default.limits.cpu, "memory": default.limits.memory},
+                        default_request={"cpu": default.requests.cpu, "memory": default.requests.memory},
+                        max=container_max(d),
+                    )
+                ]
+            ),
+            opts=child(self),
+        )
+        self.register_outputs({"name": self.name})

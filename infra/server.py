@@ -1,0 +1,114 @@
+"""The federation server: its ServiceAccount, checkpoint claim, Pod and the Service clients dial."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.labels import SERVER, Labels
+from infra.meta import child, object_meta
+from infra.mounts import VolumeSources, volumes_and_mounts
+from infra.pod_spec import federation_container, federation_pod_spec
+from infra.stack_config import StackConfig
+
+core = k8s.core.v1
+
+
+class FederationServer(pulumi.ComponentResource):
+    service_name: pulumi.Output[str]
+    pod_name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        cfg: StackConfig,
+        labels: Labels,
+        namespace: pulumi.Input[str],
+        config_map: pulumi.Input[str],
+        tls_secret: pulumi.Input[str] | None,
+        auth_secret: pulumi.Input[str] | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("tff-k8s:server:FederationServer", name, None, opts)
+        d, fed = cfg.deployment, cfg.federation
+        s = d.server
+        meta = labels.of(SERVER)
+        account = core.ServiceAccount(
+            s.name,
+            metadata=object_meta(s.name, namespace, meta),
+            automount_service_account_token=False,
+            opts=child(self),
+        )
+        claim = core.PersistentVolumeClaim(
+            f"{s.name}-checkpoints",
+            # kind's default class binds on first consumer: don't wait for Bound before the Pod exists.
+            metadata=object_meta(f"{s.name}-checkpoints", namespace, meta, {"pulumi.com/skipAwait": "true"}),
+            spec=core.PersistentVolumeClaimSpecArgs(
+                access_modes=["ReadWriteOnce"],
+                storage_class_name=s.storage.storage_class,
+                resources=core.VolumeResourceRequirementsArgs(requests={"storage": s.storage.size}),
+            ),
+            opts=child(self),
+        )
+        volumes, mounts = volumes_and_mounts(
+            fed,
+            "server",
+            VolumeSources(
+                config_map=config_map,
+                tmp_size=s.tmp_size,
+                checkpoints_claim=claim.metadata.name,
+                tls_secret=tls_secret,
+                auth_secret=auth_secret,
+            ),
+        )
+        container = federation_container(
+            "server",
+            image=d.images.server,
+            pull_policy=d.images.pull_policy,
+            uid=d.run_as_user,
+            resources=s.resources,
+            ports={"grpc": fed.server.port, "metrics": fed.server.metrics_port},
+            probe_port=fed.server.port,
+            startup_budget_s=fed.server.tff_startup_timeout_s,
+            mounts=mounts,
+        )
+        pod = core.Pod(
+            s.name,
+            metadata=object_meta(s.name, namespace, meta),
+            spec=federation_pod_spec(
+                container,
+                service_account=account.metadata.name,
+                uid=d.run_as_user,
+                volumes=volumes,
+                restart_policy="Always",
+            ),
+            # The Pod has a fixed name (it is an address in logs and docs): replace it by delete-then-create.
+            opts=child(self, delete_before_replace=True),
+        )
+        service = core.Service(
+            s.name,
+            metadata=object_meta(s.name, namespace, meta),
+            spec=core.ServiceSpecArgs(
+                type="ClusterIP",
+                selector=labels.selector(SERVER),
+                ports=[
+                    core.ServicePortArgs(
+                        name="grpc",
+                        port=fed.server.port,
+                        target_port=fed.server.port,
+                        protocol="TCP",
+                        app_protocol="grpc",
+                    ),
+                    core.ServicePortArgs(
+                        name="metrics",
+                        port=fed.server.metrics_port,
+                        target_port=fed.server.metrics_port,
+                        protocol="TCP",
+                    ),
+                ],
+            ),
+            opts=child(self),
+        )
+        self.service_name = service.metadata.name
+        self.pod_name = pod.metadata.name
+        self.register_outputs({"service_name": self.service_name, "pod_name": self.pod_name})

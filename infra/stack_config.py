@@ -1,0 +1,289 @@
+"""The stack's one typed, validated config object.
+
+Two structured Pulumi config keys feed it: ``tff-k8s:deployment`` (how the federation is laid out on
+Kubernetes) and ``tff-k8s:federation`` (the services' own :class:`FederationConfig`). Every field has
+a default; :func:`parse` fails with :class:`StackConfigError` naming each bad key and the fix, before
+the program declares any resource. Imports pydantic only (no Pulumi, no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from infra import layout
+from infra.image_ref import check_image
+from infra.quantity import byte_count, cpu_millis
+from services.common.config import FederationConfig, from_mapping
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]"}
+
+
+class StackConfigError(ValueError):
+    """Invalid stack config. The message names each bad key (``deployment.clients.replicas: ...``)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError(f"{value!r} must be a DNS-1123 label (lowercase letters, digits, '-'; <= 63 chars)")
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+
+
+class Compute(_Strict):
+    cpu: str = Field(description="CPU quantity, e.g. 500m or 2.")
+    memory: str = Field(description="Memory quantity, e.g. 512Mi or 4Gi.")
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, v: str) -> str:
+        cpu_millis(v)
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        byte_count(v)
+        return v
+
+
+class Resources(_Strict):
+    requests: Compute
+    limits: Compute
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> Resources:
+        if cpu_millis(self.limits.cpu) < cpu_millis(self.requests.cpu):
+            raise ValueError(
+                f"limits.cpu ({self.limits.cpu}) is below requests.cpu ({self.requests.cpu}): raise it"
+            )
+        if byte_count(self.limits.memory) < byte_count(self.requests.memory):
+            raise ValueError(
+                f"limits.memory ({self.limits.memory}) is below requests.memory ({self.requests.memory}): raise it"
+            )
+        return self
+
+
+def _resources(cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> Resources:
+    return Resources(
+        requests=Compute(cpu=cpu, memory=memory), limits=Compute(cpu=cpu_limit, memory=memory_limit)
+    )
+
+
+class KubernetesTarget(_Strict):
+    context: str | None = Field(default=None, description="kubeconfig context (default: the current one).")
+    kubeconfig: str | None = Field(
+        default=None, description="Path to (or contents of) a kubeconfig (default: ~/.kube/config)."
+    )
+
+
+class Images(_Strict):
+    server: str = "tff-k8s-server:dev"
+    client: str = "tff-k8s-client:dev"
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+    @field_validator("server", "client")
+    @classmethod
+    def _pinned(cls, v: str) -> str:
+        return check_image(v, require_digest=False)
+
+
+class Storage(_Strict):
+    size: str = Field(default="1Gi", description="Checkpoint volume size.")
+    storage_class: str | None = Field(
+        default=None, description="StorageClass of the checkpoint claim (default: the cluster's)."
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        byte_count(v)
+        return v
+
+
+class Scratch(_Strict):
+    tmp_size: str = Field(default="1Gi", description="sizeLimit of the /tmp emptyDir.")
+
+    @field_validator("tmp_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        byte_count(v)
+        return v
+
+
+class ServerDeployment(Scratch):
+    name: DnsLabel = Field(
+        default="tff-server", description="Name of the server Pod and of the Service clients dial."
+    )
+    resources: Resources = _resources("500m", "1Gi", "2", "2Gi")
+    storage: Storage = Storage()
+
+
+class ClientDeployment(Scratch):
+    name: DnsLabel = Field(default="tff-client", description="Name of the client Deployment.")
+    replicas: int = Field(
+        default=3, ge=1, le=10_000, description="Client Pods (>= federation.training.min_clients)."
+    )
+    max_surge: int = Field(
+        default=1, ge=0, description="Extra client Pods a rollout may start (counted in the quota)."
+    )
+    max_unavailable: int = Field(default=0, ge=0, description="Client Pods a rollout may take down at once.")
+    min_available: int | None = Field(
+        default=None,
+        ge=0,
+        description="PodDisruptionBudget floor (default: federation.training.min_clients).",
+    )
+    topology_key: str = Field(
+        default="kubernetes.io/hostname", description="Spread client Pods across this node label."
+    )
+    resources: Resources = _resources("250m", "1Gi", "1", "2Gi")
+
+    @model_validator(mode="after")
+    def _rollout_moves(self) -> ClientDeployment:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError(
+                "max_surge and max_unavailable cannot both be 0 (a rollout could never progress)"
+            )
+        return self
+
+
+class PeerSelector(_Strict):
+    namespace: DnsLabel = Field(description="Namespace (by name) allowed in.")
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Pods in it allowed in (empty: all)."
+    )
+
+
+class Network(_Strict):
+    dns: PeerSelector = PeerSelector(namespace="kube-system", pod_labels={"k8s-app": "kube-dns"})
+    metrics_from: PeerSelector | None = Field(
+        default=None, description="Who may scrape the server's metrics port (null: nobody)."
+    )
+
+
+class DeploymentSettings(_Strict):
+    environment: Literal["dev", "prod"] = Field(
+        default="dev",
+        description="prod requires images pinned by digest, TLS and client auth; set it on real clusters.",
+    )
+    namespace: DnsLabel = "tff-k8s"
+    instance: DnsLabel = Field(
+        default="tff-k8s", description="app.kubernetes.io/instance and the prefix of shared names."
+    )
+    kubernetes: KubernetesTarget = KubernetesTarget()
+    images: Images = Images()
+    run_as_user: int = Field(default=10001, ge=1, description="Non-root UID/GID the images are built for.")
+    server: ServerDeployment = ServerDeployment()
+    clients: ClientDeployment = ClientDeployment()
+    network: Network = Network()
+
+
+class StackConfig(_Strict):
+    deployment: DeploymentSettings = DeploymentSettings()
+    federation: FederationConfig = FederationConfig()
+
+    @property
+    def server_address(self) -> str:
+        """The Service's cluster DNS name and gRPC port: what clients dial."""
+        d = self.deployment
+        return f"{d.server.name}.{d.namespace}.svc:{self.federation.server.port}"
+
+
+def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
+    d, fed = cfg.deployment, cfg.federation
+    training, clients = fed.training, d.clients
+    problems: list[tuple[str, str]] = []
+    if clients.replicas < training.min_clients:
+        problems.append(
+            (
+                "deployment.clients.replicas",
+                f"{clients.replicas} is below federation.training.min_clients ({training.min_clients}); "
+                "no round could start: raise replicas or lower min_clients",
+            )
+        )
+    floor = clients.min_available
+    if floor is not None and floor > clients.replicas:
+        problems.append(
+            ("deployment.clients.min_available", f"{floor} exceeds replicas ({clients.replicas})")
+        )
+    if fed.server.host not in _WILDCARD_HOSTS:
+        problems.append(
+            ("federation.server.host", f"{fed.server.host!r}: in a Pod the server must bind 0.0.0.0")
+        )
+    if fed.client.health_port == 0:
+        problems.append(("federation.client.health_port", "0 turns off the health server the probes need"))
+    if fed.data.source == "npz":
+        problems.append(
+            ("federation.data.source", "'npz' needs a data volume this program does not mount; use digits")
+        )
+    problems += layout.mount_problems(fed)
+    if d.environment == "prod":
+        for key, image in (("server", d.images.server), ("client", d.images.client)):
+            try:
+                check_image(image, require_digest=True)
+            except ValueError as exc:
+                problems.append((f"deployment.images.{key}", str(exc)))
+        if not fed.security.tls:
+            problems.append(("federation.security.tls", "prod requires TLS: set it to true"))
+        if not fed.security.token_file:
+            problems.append(("federation.security.token_file", "prod requires client auth: set a token path"))
+    return problems
+
+
+def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = (
+                "unknown key (check its spelling against infra/stack_config.py or services/common/config.py)"
+            )
+        problems.append((key, msg))
+    return problems
+
+
+def _fail(problems: list[tuple[str, str]]) -> StackConfigError:
+    return StackConfigError("invalid stack config:\n  " + "\n  ".join(f"{k}: {m}" for k, m in problems))
+
+
+def parse(deployment: Mapping[str, Any] | None, federation: Mapping[str, Any] | None) -> StackConfig:
+    """Validate both sections; the federation's client.server_address becomes the Service address."""
+    federation = dict(federation or {})
+    problems: list[tuple[str, str]] = []
+    client = federation.get("client")
+    if isinstance(client, Mapping) and "server_address" in client:
+        problems.append(
+            (
+                "federation.client.server_address",
+                "set by the program to the Service's DNS address; remove it from stack config",
+            )
+        )
+        federation["client"] = {k: v for k, v in client.items() if k != "server_address"}
+    try:
+        cfg = StackConfig.model_validate({"deployment": dict(deployment or {}), "federation": federation})
+    except ValidationError as err:
+        raise _fail(problems + _pydantic_problems(err)) from None
+    if problems := problems + _cross_checks(cfg):
+        raise _fail(problems)
+    dumped = cfg.federation.model_dump(mode="json")
+    dumped["client"]["server_address"] = cfg.server_address
+    return cfg.model_copy(update={"federation": from_mapping(dumped)})

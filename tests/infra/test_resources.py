@@ -1,0 +1,189 @@
+"""Every resource the issue lists exists, with the fields that make it do its job, on both stacks."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+from infra_stacks import Declared
+
+from infra.mocked import REPO_ROOT, run_program
+from infra.quantity import byte_count
+
+EXPECTED_KINDS = {
+    "Namespace": 1,
+    "ResourceQuota": 1,
+    "LimitRange": 1,
+    "ServiceAccount": 2,
+    "ConfigMap": 1,
+    "PersistentVolumeClaim": 1,
+    "Pod": 1,
+    "Service": 1,
+    "Deployment": 1,
+    "PodDisruptionBudget": 1,
+}
+COMPONENTS = {
+    "tff-k8s:federation:Federation",
+    "tff-k8s:namespace:FederationNamespace",
+    "tff-k8s:network:NetworkIsolation",
+    "tff-k8s:config_objects:ConfigObjects",
+    "tff-k8s:server:FederationServer",
+    "tff-k8s:clients:FederationClients",
+}
+
+
+def test_every_resource_kind_is_declared(stack: Declared) -> None:
+    counts: dict[str, int] = {}
+    for m in stack.manifests:
+        counts[m["kind"]] = counts.get(m["kind"], 0) + 1
+    for kind, n in EXPECTED_KINDS.items():
+        assert counts.get(kind) == n, (kind, counts)
+    assert counts["NetworkPolicy"] >= 4
+    secrets = 3 if stack.stack == "prod" else 0  # auth, server TLS, client TLS
+    assert counts.get("Secret", 0) == secrets
+
+
+def test_components_own_every_kubernetes_resource(stack: Declared) -> None:
+    types = {r.type for r in stack.run.resources}
+    assert COMPONENTS <= types
+    provider = stack.run.one("pulumi:providers:kubernetes")
+    for r in stack.run.resources:
+        if r.type.startswith("kubernetes:"):
+            assert r.parent_type in COMPONENTS - {"tff-k8s:federation:Federation"}, (r.name, r.parent_type)
+            assert (
+                r.provider.startswith(f"urn:pulumi:{stack.stack}::tff-k8s::")
+                and "::kubernetes::" in r.provider
+            )
+            assert r.provider.endswith(f"::{provider.name}::{provider.name}-id")
+
+
+def test_provider_targets_the_stacks_cluster(stack: Declared) -> None:
+    provider = stack.run.one("pulumi:providers:kubernetes")
+    assert provider.inputs.get("context") == stack.cfg.deployment.kubernetes.context
+    if stack.stack == "dev":
+        assert provider.inputs["context"] == "kind-tff-k8s"
+
+
+def test_namespace_enforces_restricted_pod_security(stack: Declared) -> None:
+    ns = stack.one("Namespace")
+    assert ns["metadata"]["name"] == stack.cfg.deployment.namespace
+    labels = ns["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    for m in stack.manifests:
+        if m["kind"] != "Namespace":
+            assert m["metadata"]["namespace"] == ns["metadata"]["name"], m["metadata"]
+
+
+def test_recommended_labels_everywhere(stack: Declared) -> None:
+    for m in stack.manifests:
+        labels = m["metadata"]["labels"]
+        for key in ("name", "instance", "component", "part-of", "managed-by"):
+            assert f"app.kubernetes.io/{key}" in labels, (m["kind"], m["metadata"]["name"], key)
+        assert labels["app.kubernetes.io/managed-by"] == "pulumi"
+
+
+def test_service_accounts_mount_no_token(stack: Declared) -> None:
+    for account in stack.kind("ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+    for workload in (stack.server_pod, stack.client_deployment):
+        spec = workload["spec"] if workload["kind"] == "Pod" else workload["spec"]["template"]["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["serviceAccountName"] in {a["metadata"]["name"] for a in stack.kind("ServiceAccount")}
+
+
+def test_config_map_carries_the_federation_config(stack: Declared) -> None:
+    cm = stack.one("ConfigMap")
+    assert cm["data"] == {"federation.yaml": stack.cfg.federation.to_yaml()}
+    assert cm["immutable"] is True
+    assert "tff-server.tff-k8s.svc:50051" in cm["data"]["federation.yaml"]
+
+
+def test_config_change_renames_the_config_map() -> None:
+    before = run_program("dev")
+    after = run_program(
+        "dev",
+        overrides={
+            "tff-k8s:federation": {"training": {"rounds": 99, "min_clients": 3, "clients_per_round": 3}}
+        },
+    )
+    name = lambda run: run.one("kubernetes:core/v1:ConfigMap").inputs["metadata"]["name"]  # noqa: E731
+    assert name(before) != name(after)
+
+
+def test_server_pod_keeps_checkpoints_on_a_claim(stack: Declared) -> None:
+    claim = stack.one("PersistentVolumeClaim")
+    storage = stack.cfg.deployment.server.storage
+    assert claim["spec"]["resources"]["requests"]["storage"] == storage.size
+    assert claim["spec"].get("storageClassName") == storage.storage_class
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    volumes = {v["name"]: v for v in stack.server_pod["spec"]["volumes"]}
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    if stack.stack == "prod":
+        assert byte_count(storage.size) >= byte_count("10Gi") and storage.storage_class
+
+
+def test_service_is_stable_and_exposes_grpc_and_metrics(stack: Declared) -> None:
+    svc = stack.service
+    fed = stack.cfg.federation.server
+    assert svc["metadata"]["name"] == stack.cfg.deployment.server.name == "tff-server"
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {
+        "grpc": fed.port,
+        "metrics": fed.metrics_port,
+    }
+
+
+def test_client_deployment(stack: Declared) -> None:
+    dep = stack.client_deployment
+    c = stack.cfg.deployment.clients
+    assert dep["spec"]["replicas"] == c.replicas
+    rolling = dep["spec"]["strategy"]["rollingUpdate"]
+    assert (rolling["maxSurge"], rolling["maxUnavailable"]) == (c.max_surge, c.max_unavailable)
+    spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread and spread[0]["topologyKey"] == c.topology_key
+    assert spread[0]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_images_and_pull_policy(stack: Declared) -> None:
+    images = stack.cfg.deployment.images
+    server, client = stack.container(stack.server_pod), stack.container(stack.client_deployment)
+    assert (server["image"], client["image"]) == (images.server, images.client)
+    assert server["imagePullPolicy"] == client["imagePullPolicy"] == images.pull_policy
+    if stack.stack == "dev":
+        assert server["image"] == "tff-k8s-server:dev" and images.pull_policy == "IfNotPresent"
+    else:
+        assert "@sha256:" in server["image"] and "@sha256:" in client["image"]
+
+
+def test_pod_disruption_budget_keeps_a_quorum(stack: Declared) -> None:
+    pdb = stack.one("PodDisruptionBudget")
+    c, training = stack.cfg.deployment.clients, stack.cfg.federation.training
+    floor = c.min_available if c.min_available is not None else training.min_clients
+    assert pdb["spec"]["minAvailable"] == floor
+    assert training.min_clients <= floor <= c.replicas  # evictions never starve a round
+    assert pdb["spec"]["selector"] == stack.client_deployment["spec"]["selector"]
+
+
+def test_stack_outputs(stack: Declared) -> None:
+    out, d = stack.run.outputs, stack.cfg.deployment
+    assert out["namespace"] == d.namespace
+    assert out["serverAddress"] == stack.cfg.server_address
+    assert out["clientReplicas"] == d.clients.replicas
+    assert out["images"] == {"server": d.images.server, "client": d.images.client}
+    assert out["logsCommand"].startswith("kubectl ") and f"pod/{d.server.name}" in out["logsCommand"]
+    assert f"--namespace {d.namespace}" in out["logsCommand"] and "--follow" in out["logsCommand"]
+
+
+def test_program_never_imports_tensorflow(stack: Declared) -> None:
+    run_program(stack.stack)
+    assert "tensorflow" not in sys.modules
+    assert "tensorflow_federated" not in sys.modules
+
+
+def test_pulumi_entry_point_runs_the_program(stack: Declared) -> None:
+    """What the Python language host does with `main: infra/`: run the directory as __main__."""
+    entry = lambda: runpy.run_path(str(REPO_ROOT / "infra"), run_name="__main__")  # noqa: E731
+    via_entry = run_program(stack.stack, program=entry)
+    assert [(r.type, r.name) for r in via_entry.resources] == [(r.type, r.name) for r in stack.run.resources]
+    assert via_entry.outputs == stack.run.outputs
