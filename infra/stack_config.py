@@ -177,6 +177,11 @@ class Network(_Strict):
     metrics_from: PeerSelector | None = Field(
         default=None, description="Who may scrape the server's metrics port (null: nobody)."
     )
+    allow_load_balancer: bool = Field(
+        default=False,
+        description="Permit Services of type LoadBalancer in this stack. The policy pack (policy/) "
+        "rejects them otherwise; this program itself declares ClusterIP Services only.",
+    )
 
 
 class DeploymentSettings(_Strict):

@@ -1,0 +1,65 @@
+"""Container entrypoint: ``python -m services.client --config /etc/tff-k8s/federation.yaml`` with
+``SERVER_ADDRESS`` set. Exit codes: 0 training done (or stopped by SIGTERM), 2 bad config or
+security material, 3 the server stayed away longer than client.give_up_after_s, 1 anything else."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from services.common.config import ConfigError, config_from_argv
+from services.common.logs import setup
+from services.common.transport import SecurityError
+
+log = logging.getLogger("services.client")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup("client")
+    try:
+        cfg = config_from_argv("client", sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        log.error(str(exc))
+        return 2
+    from services.client.health import start_health
+
+    health = start_health(cfg.client.health_port)
+    client = None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        if client is not None:
+            client.session.stop()
+        else:
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    from services.client.app import FederationClient  # heavy: TensorFlow + TFF
+    from services.client.session import ServerGone, Stopped
+    from services.common.tff_runtime import TffRuntime
+
+    try:
+        with TffRuntime(cfg.server.tff_startup_timeout_s):
+            client = FederationClient(cfg)
+            client.run()
+        return 0
+    except SecurityError as exc:
+        log.error(str(exc))
+        return 2
+    except Stopped:
+        return 0
+    except ServerGone as exc:
+        log.error(str(exc))
+        return 3
+    finally:
+        if client is not None:
+            client.session.close()
+        if health is not None:
+            health[0].stop(grace=None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

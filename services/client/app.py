@@ -1,0 +1,74 @@
+"""The client process: join, then train each round it is sampled for on its own data only, until
+the server says training is done (exit 0)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import grpc
+
+from services.client.session import Joined, Session
+from services.client.trainer import ClientTrainer
+from services.common.config import FederationConfig
+from services.common.data import Arrays, digits_shard, load_npz_dir
+from services.common.logs import fields
+from services.common.proto import federation_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def client_data(cfg: FederationConfig, joined: Joined) -> Arrays:
+    if cfg.data.source == "npz":
+        assert cfg.data.npz_dir is not None
+        return load_npz_dir(cfg.data.npz_dir)
+    d = cfg.data
+    return digits_shard(joined.shard_index, joined.num_shards, scheme=d.partition, alpha=d.dirichlet_alpha,
+                        eval_fraction=d.eval_fraction, seed=cfg.training.seed)
+
+
+class FederationClient:
+    def __init__(self, cfg: FederationConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.client.name or socket.gethostname()
+        self.session = Session(cfg, self.name)
+        self.rounds_trained = 0
+
+    def run(self) -> None:
+        """Returns when the server says training is done; raises Stopped / ServerGone otherwise."""
+        joined = self.session.join()
+        trainer = ClientTrainer(self.cfg.training, client_data(self.cfg, joined))
+        log.info("joined", extra=fields(client=self.name, client_id=joined.client_id, shard=joined.shard_index))
+        while True:
+            try:
+                header, weights = self.session.get_task(joined.client_id)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                joined, trainer = self._rejoin(joined, trainer)
+                continue
+            if header.kind == pb.TaskHeader.DONE:
+                log.info("training done", extra=fields(rounds_trained=self.rounds_trained))
+                return
+            if header.kind != pb.TaskHeader.TRAIN:
+                continue
+            result, metrics = trainer.train(weights)
+            try:
+                self.session.submit(joined.client_id, header, result, metrics)
+                self.rounds_trained += 1
+                log.info("result sent", extra=fields(round=header.round, **metrics))
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    joined, trainer = self._rejoin(joined, trainer)
+                elif err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+                    log.warning("result not used", extra=fields(round=header.round, why=err.details()))
+                else:
+                    raise
+
+    def _rejoin(self, joined: Joined, trainer: ClientTrainer) -> tuple[Joined, ClientTrainer]:
+        """The server restarted and forgot this client id: join again (same name, same shard)."""
+        again = self.session.join()
+        if again.shard_index != joined.shard_index or again.num_shards != joined.num_shards:
+            trainer = ClientTrainer(self.cfg.training, client_data(self.cfg, again))
+        log.info("rejoined", extra=fields(client_id=again.client_id, shard=again.shard_index))
+        return again, trainer

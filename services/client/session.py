@@ -1,0 +1,146 @@
+"""The client's conversation with the server: join, long-poll for tasks, stream results back, and
+reconnect with exponential backoff and jitter when the server goes away."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from services.common.chunking import Payload, assemble
+from services.common.config import FederationConfig
+from services.common.logs import fields
+from services.common.proto import federation_pb2 as pb
+from services.common.proto import federation_pb2_grpc as pb_grpc
+from services.common.transport import call_metadata, channel, read_token
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
+POLL_TIMEOUT_S = 60.0  # the server answers a long poll within ~10 s
+MAX_TASK_BYTES = 4 * 1024 * 1024 * 1024
+
+
+class ServerGone(RuntimeError):
+    """No server for longer than ``client.give_up_after_s``."""
+
+
+@dataclass(frozen=True)
+class Joined:
+    client_id: str
+    shard_index: int
+    num_shards: int
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset by any success."""
+
+    def __init__(self, initial_s: float, max_s: float, give_up_after_s: float,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.initial_s, self.max_s, self.give_up_after_s = initial_s, max_s, give_up_after_s
+        self.sleep = sleep
+        self.attempt = 0
+        self.failing_since: float | None = None
+
+    def success(self) -> None:
+        self.attempt = 0
+        self.failing_since = None
+
+    def wait(self, why: str) -> None:
+        now = time.monotonic()
+        self.failing_since = self.failing_since or now
+        if now - self.failing_since > self.give_up_after_s:
+            raise ServerGone(f"no server for {now - self.failing_since:.0f}s ({why}); giving up")
+        delay = random.uniform(0, min(self.max_s, self.initial_s * 2**self.attempt))
+        self.attempt += 1
+        log.info("server unavailable, retrying", extra=fields(why=why, delay_s=round(delay, 2)))
+        self.sleep(delay)
+
+
+class Stopped(RuntimeError):
+    """The client was asked to stop (SIGTERM)."""
+
+
+class Session:
+    def __init__(self, cfg: FederationConfig, name: str) -> None:
+        self.stopping = False
+        self.cfg = cfg
+        self.name = name
+        self.metadata = call_metadata(read_token(cfg.security))
+        self.channel = channel(cfg.client.server_address, cfg.security)
+        self.stub = pb_grpc.FederationStub(self.channel)
+        c = cfg.client
+        self.backoff = Backoff(c.reconnect_initial_s, c.reconnect_max_s, c.give_up_after_s)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def stop(self) -> None:
+        """From a signal handler: end any call in flight and make every later call raise Stopped."""
+        self.stopping = True
+        self.channel.close()
+
+    def retrying(self, call: Callable[[], object], what: str) -> object:
+        while True:
+            if self.stopping:
+                raise Stopped(what)
+            try:
+                result = call()
+                self.backoff.success()
+                return result
+            except (grpc.RpcError, ValueError) as err:  # ValueError: the channel was closed by stop()
+                if self.stopping:
+                    raise Stopped(what) from None
+                if not isinstance(err, grpc.RpcError) or err.code() not in RETRYABLE:
+                    raise
+                self.backoff.wait(f"{what}: {err.code().name}")
+
+    def join(self) -> Joined:
+        reply = self.retrying(lambda: self.stub.Join(pb.JoinRequest(name=self.name), metadata=self.metadata,
+                                                     timeout=30), "join")
+        assert isinstance(reply, pb.JoinReply)
+        return Joined(reply.client_id, reply.shard_index, reply.num_shards)
+
+    def get_task(self, client_id: str) -> tuple[pb.TaskHeader, bytes]:
+        """One long poll: (header, model bytes) for TRAIN, (header, b"") otherwise."""
+
+        def call() -> tuple[pb.TaskHeader, bytes]:
+            stream = self.stub.GetTask(pb.TaskRequest(client_id=client_id), metadata=self.metadata,
+                                       timeout=POLL_TIMEOUT_S)
+            first = next(stream, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise ProtocolError("task stream did not start with a header")
+            header = first.header
+            if header.kind != pb.TaskHeader.TRAIN:
+                return header, b""
+            data = assemble((c.data for c in stream), expected_bytes=header.payload_bytes,
+                            expected_sha256=header.payload_sha256, max_bytes=MAX_TASK_BYTES)
+            return header, data
+
+        result = self.retrying(call, "get task")
+        assert isinstance(result, tuple)
+        return result
+
+    def submit(self, client_id: str, header: pb.TaskHeader, result: bytes, metrics: dict[str, float]) -> pb.SubmitReply:
+        payload = Payload.of(result)
+
+        def chunks() -> Iterator[pb.ResultChunk]:
+            yield pb.ResultChunk(header=pb.ResultHeader(
+                client_id=client_id, task_id=header.task_id, round=header.round,
+                payload_bytes=len(payload.data), payload_sha256=payload.sha256, metrics=metrics))
+            for part in payload.chunks(self.cfg.server.chunk_bytes):
+                yield pb.ResultChunk(data=part)
+
+        reply = self.retrying(lambda: self.stub.SubmitResult(chunks(), metadata=self.metadata, timeout=300),
+                              "submit")
+        assert isinstance(reply, pb.SubmitReply)
+        return reply
+
+
+class ProtocolError(RuntimeError):
+    """The server broke the protocol."""

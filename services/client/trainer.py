@@ -1,0 +1,33 @@
+"""The client's *client work*: TFF's ``build_model_delta_client_work`` run on this client's own
+data only, from the global weights the server sent to the ``ClientResult`` it sends back."""
+
+from __future__ import annotations
+
+import time
+
+from services.common import codec
+from services.common.config import TrainingSettings
+from services.common.data import Arrays
+from services.common.task import Task, to_dataset
+
+
+class ClientTrainer:
+    def __init__(self, training: TrainingSettings, data: Arrays) -> None:
+        self.task = Task(training)
+        self.dataset = to_dataset(data, training)
+        self.state = self.task.client_work.initialize()
+
+    def train(self, weights_bytes: bytes) -> tuple[bytes, dict[str, float]]:
+        """Decode (type-checked) global weights, train locally, return (ClientResult bytes, metrics)."""
+        weights = codec.decode(weights_bytes, self.task.weights_type)
+        started = time.monotonic()
+        out = self.task.client_work.next(self.state, [weights], [self.dataset])
+        seconds = time.monotonic() - started
+        train = out.measurements["train"]
+        metrics = {
+            "train_loss": float(train["loss"]),
+            "train_accuracy": float(train["sparse_categorical_accuracy"]),
+            "num_examples": float(train["num_examples"]),
+            "seconds": seconds,
+        }
+        return codec.encode(out.result[0], self.task.result_type), metrics

@@ -1,0 +1,107 @@
+"""The learning task both sides share: the Keras model, its input spec, the TFF model and client
+work, and the TFF types that are the wire contract (derived from ``type_signature``, never
+restated by hand)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from services.common.config import TrainingSettings
+from services.common.data import NUM_CLASSES, NUM_FEATURES, Arrays
+
+INPUT_SPEC = (
+    tf.TensorSpec(shape=[None, NUM_FEATURES], dtype=tf.float32),
+    tf.TensorSpec(shape=[None], dtype=tf.int32),
+)
+HIDDEN_UNITS = 32
+
+
+def keras_model() -> tf.keras.Model:
+    """A small MLP over the 64 digits pixels (scaled to [0, 1]) that outputs class logits."""
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(NUM_FEATURES,), name="pixels"),
+            tf.keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="hidden"),
+            tf.keras.layers.Dense(NUM_CLASSES, name="logits"),
+        ],
+        name="digits_mlp",
+    )
+
+
+def model_fn() -> tff.learning.models.VariableModel:
+    return tff.learning.models.from_keras_model(
+        keras_model(),
+        input_spec=INPUT_SPEC,
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[tf.keras.metrics.SparseCategoricalAccuracy()],
+    )
+
+
+def initial_weights(seed: int) -> tff.learning.models.ModelWeights:
+    """Deterministic initial global model for ``seed`` (the same in every process)."""
+    tf.keras.utils.set_random_seed(seed)
+    model = keras_model()
+    return tff.learning.models.ModelWeights(
+        trainable=[v.numpy() for v in model.trainable_variables],
+        non_trainable=[v.numpy() for v in model.non_trainable_variables],
+    )
+
+
+def client_optimizer(training: TrainingSettings) -> tff.learning.optimizers.Optimizer:
+    return tff.learning.optimizers.build_sgdm(learning_rate=training.client_learning_rate)
+
+
+def server_optimizer(training: TrainingSettings) -> tff.learning.optimizers.Optimizer:
+    if training.server_optimizer == "adam":
+        return tff.learning.optimizers.build_adam(learning_rate=training.server_learning_rate)
+    return tff.learning.optimizers.build_sgdm(learning_rate=training.server_learning_rate)
+
+
+def to_dataset(arrays: Arrays, training: TrainingSettings) -> tf.data.Dataset:
+    """The client's local data as TFF client work consumes it: ``local_epochs`` passes, batched."""
+    ds = tf.data.Dataset.from_tensor_slices((arrays.x, arrays.y))
+    return ds.repeat(training.local_epochs).batch(training.batch_size)
+
+
+@dataclass
+class Task:
+    """TFF client work for this task and the wire types derived from its type signature."""
+
+    training: TrainingSettings
+
+    @cached_property
+    def client_work(self) -> tff.learning.templates.ClientWorkProcess:
+        return tff.learning.templates.build_model_delta_client_work(
+            model_fn, client_optimizer(self.training), tff.learning.ClientWeighting.NUM_EXAMPLES
+        )
+
+    @cached_property
+    def weights_type(self) -> tff.Type:
+        """What the server sends: ``ModelWeights`` (member type of the CLIENTS-placed argument)."""
+        return self.client_work.next.type_signature.parameter[1].member
+
+    @cached_property
+    def result_type(self) -> tff.Type:
+        """What a client sends back: ``ClientResult(update, update_weight)``."""
+        return self.client_work.next.type_signature.result.result.member
+
+
+def weights_to_keras(weights: tff.learning.models.ModelWeights, model: tf.keras.Model | None = None) -> tf.keras.Model:
+    model = model or keras_model()
+    weights.assign_weights_to(model)
+    return model
+
+
+def evaluate(model: tf.keras.Model, arrays: Arrays) -> dict[str, float]:
+    """Loss and accuracy of ``model`` on ``arrays`` (the held-out set)."""
+    logits = model(arrays.x, training=False).numpy()
+    loss = tf.keras.losses.sparse_categorical_crossentropy(arrays.y, logits, from_logits=True).numpy()
+    return {
+        "eval_loss": float(np.mean(loss)),
+        "eval_accuracy": float(np.mean(np.argmax(logits, axis=1) == arrays.y)),
+    }

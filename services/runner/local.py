@@ -1,0 +1,181 @@
+"""``tff-k8s local``: one server and N client processes on loopback, started with the same
+entrypoints the containers use (``python -m services.server|client --config F``), with a live
+progress bar and per-round table. Writes metrics.jsonl, model.keras and a plot to --output-dir,
+and leaves no process behind."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.common.config import ConfigError, FederationConfig, load_config, parse_set
+from services.runner.plot import plot_rounds
+from services.runner.processes import Child, ProcessGroup
+
+CONFIG_NAME = "federation.yaml"
+PLOT_NAME = "training.png"
+RUN_FILES = ("metrics.jsonl", "model.keras", "checkpoint.bin", PLOT_NAME, CONFIG_NAME)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tff-k8s local", description=__doc__)
+    p.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
+    p.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
+    p.add_argument("--output-dir", type=Path, default=Path("out/local"), help="where results go (default out/local)")
+    p.add_argument("--seed", type=int, default=0, help="model init, sampling and partition seed (default 0)")
+    p.add_argument("--partition", choices=["iid", "dirichlet"], help="how the digits are split across clients")
+    p.add_argument("--alpha", type=float, help="Dirichlet alpha for --partition dirichlet")
+    p.add_argument("--aggregator", choices=["mean", "robust", "dp"], help="server aggregator")
+    p.add_argument("--config", help="a federation YAML to start from (services/common/config.py)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set training.local_epochs=2 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
+    p.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds (default 1800)")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> FederationConfig:
+    if args.clients < 1:
+        raise ConfigError("--clients: must be >= 1")
+    overrides: dict[str, Any] = {
+        "training.rounds": args.rounds,
+        "training.seed": args.seed,
+        "training.min_clients": args.clients,
+        "training.clients_per_round": args.clients,
+        "data.num_shards": args.clients,
+        "server.host": "127.0.0.1",
+        "server.port": free_port(),
+        "server.metrics_port": free_port(),
+        "server.output_dir": str(args.output_dir.resolve()),
+        # Local runs only: plaintext on loopback, no token (the containers default to TLS + token).
+        "security.tls": False,
+        "security.mutual_tls": False,
+        "security.token_file": None,
+        "client.health_port": 0,
+    }
+    for flag, key in (("partition", "data.partition"), ("alpha", "data.dirichlet_alpha"),
+                      ("aggregator", "training.aggregator")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    overrides.update(parse_set(args.overrides))
+    cfg = load_config(args.config, overrides=overrides, environ={})
+    return cfg.model_copy(update={"client": cfg.client.model_copy(
+        update={"server_address": f"127.0.0.1:{cfg.server.port}"})})
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def round_table(records: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="Federated rounds")
+    for col in ("round", "clients", "train loss", "eval loss", "eval accuracy", "seconds"):
+        table.add_column(col, justify="right")
+    for r in records:
+        table.add_row(*_row(r))
+    return table
+
+
+def _row(r: dict[str, Any]) -> tuple[str, ...]:
+    return (str(r["round"]), f"{r['clients']}/{r['sampled']}", f"{r.get('train_loss', float('nan')):.4f}",
+            f"{r['eval_loss']:.4f}", f"{r['eval_accuracy']:.4f}", f"{r['seconds']:.2f}")
+
+
+class LocalRun:
+    def __init__(self, cfg: FederationConfig, clients: int, out_dir: Path, console: Console) -> None:
+        self.cfg, self.clients, self.out_dir, self.console = cfg, clients, out_dir, console
+        self.config_path = out_dir / CONFIG_NAME
+        self.metrics_path = out_dir / "metrics.jsonl"
+
+    def run(self, timeout: float) -> int:
+        self.config_path.write_text(self.cfg.to_yaml())
+        base = [sys.executable, "-m"]
+        conf = ["--config", str(self.config_path)]
+        address = {"SERVER_ADDRESS": self.cfg.client.server_address, "PYTHONUNBUFFERED": "1"}
+        with ProcessGroup(self.out_dir / "logs") as group:
+            server = group.start("server", [*base, "services.server", *conf], address)
+            clients = [
+                group.start(f"client-{i}", [*base, "services.client", *conf, "--set", f"client.name=local-client-{i}"],
+                            address)
+                for i in range(self.clients)
+            ]
+            return self._watch(server, clients, timeout)
+
+    def _watch(self, server: Child, clients: list[Child], timeout: float) -> int:
+        total = self.cfg.training.rounds
+        shown = len(read_records(self.metrics_path))
+        end = time.monotonic() + timeout
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            bar = progress.add_task("starting (TensorFlow loads in each process)", total=total, completed=shown)
+            header = "  ".join(f"{c:>10}" for c in ("round", "clients", "train loss", "eval loss", "eval acc", "seconds"))
+            progress.console.print(header)
+            while True:
+                records = read_records(self.metrics_path)
+                for r in records[shown:]:
+                    progress.console.print("  ".join(f"{v:>10}" for v in _row(r)))
+                shown = len(records)
+                progress.update(bar, completed=shown, description=f"training ({self.clients} clients)")
+                failed = [c for c in [server, *clients] if c.returncode not in (None, 0)]
+                if failed:
+                    return self._fail(failed)
+                if server.returncode == 0 and all(c.returncode == 0 for c in clients):
+                    break
+                if time.monotonic() > end:
+                    self.console.print(f"[red]timed out after {timeout:.0f}s[/red]; logs in {self.out_dir / 'logs'}")
+                    return 1
+                time.sleep(0.5)
+        return self._finish(read_records(self.metrics_path))
+
+    def _fail(self, failed: list[Child]) -> int:
+        for child in failed:
+            self.console.print(f"[red]{child.name} exited with {child.returncode}[/red] ({child.log_path}):")
+            self.console.print(child.log_tail(), markup=False, highlight=False)
+        return 1
+
+    def _finish(self, records: list[dict[str, Any]]) -> int:
+        if len(records) < self.cfg.training.rounds:
+            self.console.print(f"[red]server stopped after {len(records)} of {self.cfg.training.rounds} rounds[/red]")
+            return 1
+        plot = plot_rounds(records, self.out_dir / PLOT_NAME)
+        self.console.print(round_table(records))
+        last = records[-1]
+        self.console.print(
+            f"[green]done[/green]: {len(records)} rounds, held-out accuracy {last['eval_accuracy']:.4f}\n"
+            f"  metrics: {self.metrics_path}\n  model:   {self.out_dir / 'model.keras'}\n  plot:    {plot}"
+        )
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console()
+    try:
+        cfg = build_config(args)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]", markup=False)
+        return 2
+    out: Path = args.output_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    return LocalRun(cfg, args.clients, out, console).run(args.timeout)

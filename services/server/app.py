@@ -1,0 +1,226 @@
+"""The federation server process: gRPC + health + metrics endpoints around the round loop.
+
+Round loop: wait for ``min_clients`` -> sample ``clients_per_round`` -> send the global model ->
+collect results until the deadline -> if at least ``min_results`` arrived, aggregate + finalize
+(TFF), evaluate on held-out data, checkpoint atomically, append to ``metrics.jsonl``; otherwise
+retry the round with a new sample (never half-applied). At the end: export ``model.keras``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common import codec
+from services.common.chunking import Payload
+from services.common.config import FederationConfig
+from services.common.data import load_digits_split
+from services.common.logs import fields
+from services.common.proto import federation_pb2_grpc as pb_grpc
+from services.common.task import Task, evaluate, weights_to_keras
+from services.common.transport import SERVER_OPTIONS, TokenAuthInterceptor, read_token, server_credentials
+from services.server import checkpoint
+from services.server.algorithm import ServerAlgorithm, ServerState, as_model_weights
+from services.server.coordinator import Coordinator, Result
+from services.server.servicer import FederationServicer
+from services.server.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+MODEL_FILE = "model.keras"
+SERVICE_NAME = "tff_k8s.v1.Federation"
+POLL_S = 10.0
+
+
+def config_fingerprint(cfg: FederationConfig) -> str:
+    """What a checkpoint must agree with to be resumed: the model-defining training settings."""
+    t = cfg.training
+    keys = dict(seed=t.seed, aggregator=t.aggregator, server_optimizer=t.server_optimizer,
+                num_shards=cfg.num_shards, partition=cfg.data.partition)
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weighted_train_metrics(results: dict[str, Result]) -> dict[str, float]:
+    total = sum(r.metrics.get("num_examples", 0.0) for r in results.values())
+    out: dict[str, float] = {"num_examples": total}
+    for key in ("train_loss", "train_accuracy"):
+        if total > 0:
+            out[key] = sum(r.metrics.get(key, 0.0) * r.metrics.get("num_examples", 0.0) for r in results.values()) / total
+    out["client_seconds_max"] = max((r.metrics.get("seconds", 0.0) for r in results.values()), default=0.0)
+    return out
+
+
+class FederationServer:
+    def __init__(self, cfg: FederationConfig) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.server.output_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.stop_event = threading.Event()
+        training = cfg.training
+        self.task = Task(training)
+        self.algorithm = ServerAlgorithm(self.task, training)
+        _, self.eval_data = load_digits_split(cfg.data.eval_fraction, training.seed)
+        self.eval_model = weights_to_keras(self.algorithm.initialize().weights)
+        self.state, rng, assignments = self._restore_or_init()
+        self.coordinator = Coordinator(
+            min_clients=training.min_clients,
+            clients_per_round=training.clients_per_round,
+            round_deadline_s=training.round_deadline_s,
+            num_shards=cfg.num_shards,
+            rng=rng,
+            assignments=assignments,
+            liveness_s=3 * POLL_S,
+        )
+        self.telemetry = Telemetry(connected=lambda: len(self.coordinator.live_clients()))
+        result_type = self.task.result_type
+        self.servicer = FederationServicer(
+            self.coordinator,
+            lambda data: codec.decode(data, result_type),
+            self.telemetry,
+            chunk_bytes=cfg.server.chunk_bytes,
+            max_payload_bytes=cfg.server.max_payload_bytes,
+            poll_s=POLL_S,
+        )
+        self.health = health.HealthServicer()
+        self.grpc_server: grpc.Server | None = None
+        self.http_server: Any = None
+
+    # ---- state ------------------------------------------------------------------------------
+    def _restore_or_init(self) -> tuple[ServerState, np.random.Generator, dict[str, int]]:
+        rng = np.random.default_rng(self.cfg.training.seed)
+        ckpt = checkpoint.load(self.out_dir)
+        if ckpt is None:
+            return self.algorithm.initialize(), rng, {}
+        header = ckpt.header
+        if header.get("fingerprint") != config_fingerprint(self.cfg):
+            raise checkpoint.CheckpointError(
+                f"{self.out_dir}/{checkpoint.CHECKPOINT_NAME} was written with other training settings; "
+                "point server.output_dir at an empty directory or restore the settings"
+            )
+        state = self.algorithm.decode_state(int(header["round"]), ckpt.state)
+        rng.bit_generator.state = header["rng"]
+        self._reconcile_metrics(state.round, header.get("record"))
+        log.info("resumed from checkpoint", extra=fields(round=state.round))
+        return state, rng, {str(k): int(v) for k, v in header.get("assignments", {}).items()}
+
+    def _reconcile_metrics(self, round_number: int, last: dict[str, Any] | None) -> None:
+        """A crash between checkpoint and metrics write must not lose or repeat a round's line."""
+        path = self.out_dir / METRICS_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if line.strip() and json.loads(line).get("round", 0) <= round_number]
+        if last is not None and not any(json.loads(line).get("round") == round_number for line in kept):
+            kept.append(json.dumps(last))
+        if kept != lines:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(path)
+
+    def _checkpoint(self, record: dict[str, Any]) -> None:
+        header = {
+            "record": record,
+            "round": self.state.round,
+            "rng": self.coordinator.rng.bit_generator.state,
+            "assignments": self.coordinator.assignments(),
+            "fingerprint": config_fingerprint(self.cfg),
+        }
+        checkpoint.save(self.out_dir, checkpoint.Checkpoint(header, self.algorithm.encode_state(self.state)))
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.cfg.server
+        interceptors = []
+        token = read_token(self.cfg.security)
+        if token:
+            interceptors.append(TokenAuthInterceptor(token, on_reject=self.telemetry.reject))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="grpc"),
+            interceptors=interceptors,
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=1024,
+        )
+        pb_grpc.add_FederationServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = f"{s.host}:{s.port}"
+        creds = server_credentials(self.cfg.security)
+        bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        if not bound:
+            raise RuntimeError(f"cannot bind the gRPC server to {address} (server.host / server.port)")
+        server.start()
+        self.grpc_server = server
+        self.http_server = self.telemetry.serve(s.host, s.metrics_port)
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("server listening", extra=fields(address=address, tls=self.cfg.security.tls, auth=bool(token),
+                                                  metrics_port=s.metrics_port, round=self.state.round))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.coordinator.stop()
+
+    def shutdown(self) -> None:
+        self.health.enter_graceful_shutdown()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=2).wait(5)
+        if self.http_server is not None:
+            self.http_server.shutdown()
+
+    # ---- the round loop ---------------------------------------------------------------------
+    def run(self) -> bool:
+        """Run rounds until ``training.rounds`` are applied (True) or a stop (False)."""
+        training = self.cfg.training
+        required = training.required_results
+        while self.state.round < training.rounds:
+            if not self.coordinator.wait_for_clients():
+                return False
+            started = time.monotonic()
+            payload = Payload.of(self.algorithm.encode_weights(self.state.weights))
+            round_number = self.state.round + 1
+            task = self.coordinator.open_round(round_number, payload)
+            log.info("round started", extra=fields(round=round_number, sampled=len(task.sampled)))
+            results = self.coordinator.wait_round(task)
+            if self.stop_event.is_set():
+                return False
+            if len(results) < required:
+                self.telemetry.round_retried()
+                log.warning("round retried: too few results", extra=fields(
+                    round=round_number, results=len(results), required=required))
+                continue
+            ordered = [results[cid] for cid in sorted(results)]
+            self.state = self.algorithm.apply(self.state, [r.value for r in ordered])
+            weights_to_keras(as_model_weights(self.state.weights), self.eval_model)
+            record = {
+                "round": self.state.round,
+                "clients": len(results),
+                "sampled": len(task.sampled),
+                **weighted_train_metrics(results),
+                **evaluate(self.eval_model, self.eval_data),
+                "seconds": round(time.monotonic() - started, 4),
+                "time": time.time(),
+            }
+            self._checkpoint(record)
+            with open(self.out_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self.telemetry.round_done(record["seconds"])
+            log.info("round applied", extra=fields(**{k: v for k, v in record.items() if k != "time"}))
+        self.export_model()
+        self.coordinator.finish()
+        return True
+
+    def export_model(self) -> Path:
+        path = self.out_dir / MODEL_FILE
+        tmp = self.out_dir / f".tmp-{MODEL_FILE}"
+        weights_to_keras(as_model_weights(self.state.weights), self.eval_model).save(tmp)
+        tmp.replace(path)
+        log.info("model exported", extra=fields(path=str(path), round=self.state.round))
+        return path

@@ -1,0 +1,240 @@
+"""Who takes part in which round: the client registry, sampling, the round deadline and the
+bookkeeping of results. Pure Python (no TensorFlow, no gRPC), driven by the servicer threads on
+one side and the round loop on the other, all under one condition variable."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from services.common.chunking import Payload
+
+MAX_NAME = 253
+
+
+class Reject(Exception):
+    """A request refused for a reason the client is told (``reason`` maps to a gRPC status)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # unknown_client | stale | not_sampled | duplicate | invalid
+
+
+@dataclass
+class ClientRecord:
+    client_id: str
+    name: str
+    shard: int
+    last_seen: float
+    busy_round: int = 0  # the round it was handed and has not answered yet
+    told_done: bool = False
+
+
+@dataclass
+class Result:
+    value: Any
+    metrics: dict[str, float]
+    payload_bytes: int
+
+
+@dataclass
+class RoundTask:
+    round: int
+    task_id: str
+    payload: Payload
+    sampled: frozenset[str]
+    deadline: float
+    results: dict[str, Result] = field(default_factory=dict)
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.deadline - now)
+
+
+class TaskKind(Enum):
+    TRAIN = "train"
+    WAIT = "wait"
+    DONE = "done"
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        min_clients: int,
+        clients_per_round: int,
+        round_deadline_s: float,
+        num_shards: int,
+        rng: np.random.Generator,
+        assignments: dict[str, int] | None = None,
+        liveness_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.min_clients = min_clients
+        self.clients_per_round = clients_per_round
+        self.round_deadline_s = round_deadline_s
+        self.num_shards = num_shards
+        self.rng = rng
+        self.liveness_s = liveness_s
+        self.clock = clock
+        self._cv = threading.Condition()
+        self._clients: dict[str, ClientRecord] = {}
+        self._by_name: dict[str, str] = {}
+        self._assignments: dict[str, int] = dict(assignments or {})
+        self._task: RoundTask | None = None
+        self._done = False
+        self._stopped = False
+
+    # ---- what the servicer calls --------------------------------------------------------------
+    def join(self, name: str) -> ClientRecord:
+        if not name or len(name) > MAX_NAME or not name.isprintable():
+            raise Reject("invalid", f"client name must be 1..{MAX_NAME} printable characters")
+        with self._cv:
+            now = self.clock()
+            known = self._by_name.get(name)
+            if known is not None:
+                record = self._clients[known]
+                record.last_seen = now
+                return record
+            shard = self._assignments.get(name)
+            if shard is None:
+                shard = len(self._assignments) % self.num_shards
+                self._assignments[name] = shard
+            record = ClientRecord(secrets.token_hex(8), name, shard, now)
+            self._clients[record.client_id] = record
+            self._by_name[name] = record.client_id
+            self._cv.notify_all()
+            return record
+
+    def next_task(self, client_id: str, timeout: float) -> tuple[TaskKind, RoundTask | None]:
+        """Block until this client has a task, training is done, or ``timeout`` passes."""
+        with self._cv:
+            record = self._known(client_id)
+            end = self.clock() + timeout
+            while True:
+                record.last_seen = self.clock()
+                if self._done or self._stopped:
+                    record.told_done = self._done
+                    self._cv.notify_all()
+                    return (TaskKind.DONE if self._done else TaskKind.WAIT), None
+                task = self._task
+                if task and client_id in task.sampled and client_id not in task.results:
+                    if self.clock() < task.deadline:
+                        record.busy_round = task.round
+                        return TaskKind.TRAIN, task
+                left = end - self.clock()
+                if left <= 0:
+                    return TaskKind.WAIT, None
+                self._cv.wait(min(left, 1.0))
+
+    def check_submission(self, client_id: str, task_id: str, round_number: int) -> RoundTask:
+        """Cheap checks before a result's payload is read: is it wanted at all?"""
+        with self._cv:
+            self._known(client_id).last_seen = self.clock()
+            return self._wanted(client_id, task_id, round_number)
+
+    def submit(self, client_id: str, task_id: str, round_number: int, result: Result) -> None:
+        with self._cv:
+            record = self._known(client_id)
+            task = self._wanted(client_id, task_id, round_number)
+            task.results[client_id] = result
+            record.busy_round = 0
+            record.last_seen = self.clock()
+            self._cv.notify_all()
+
+    # ---- what the round loop calls ------------------------------------------------------------
+    def live_clients(self) -> list[str]:
+        with self._cv:
+            return self._live()
+
+    def wait_for_clients(self, poll_s: float = 1.0) -> bool:
+        """Block until ``min_clients`` are live; False if stopped first."""
+        with self._cv:
+            while not self._stopped and len(self._live()) < self.min_clients:
+                self._cv.wait(poll_s)
+            return not self._stopped
+
+    def open_round(self, round_number: int, payload: Payload) -> RoundTask:
+        with self._cv:
+            live = sorted(self._live())
+            count = min(self.clients_per_round, len(live))
+            sampled = frozenset(self.rng.choice(live, size=count, replace=False).tolist()) if count else frozenset()
+            self._task = RoundTask(
+                round_number, secrets.token_hex(8), payload, sampled, self.clock() + self.round_deadline_s
+            )
+            self._cv.notify_all()
+            return self._task
+
+    def wait_round(self, task: RoundTask) -> dict[str, Result]:
+        """Block until every sampled client answered, the deadline passed, or a stop; then close
+        the round (late results are refused as stale) and return what arrived."""
+        with self._cv:
+            while not self._stopped and len(task.results) < len(task.sampled) and self.clock() < task.deadline:
+                self._cv.wait(min(1.0, task.remaining(self.clock())))
+            self._task = None
+            for cid in task.sampled:
+                if cid in self._clients and self._clients[cid].busy_round == task.round:
+                    self._clients[cid].busy_round = 0
+            self._cv.notify_all()
+            return dict(task.results)
+
+    def finish(self) -> None:
+        with self._cv:
+            self._done = True
+            self._task = None
+            self._cv.notify_all()
+
+    def wait_all_told_done(self, timeout: float) -> bool:
+        """After :meth:`finish`: wait until every live client has been told DONE."""
+        end = self.clock() + timeout
+        with self._cv:
+            while True:
+                pending = [c for c in self._clients.values() if not c.told_done and self._is_live(c)]
+                if not pending or self._stopped:
+                    return not pending
+                left = end - self.clock()
+                if left <= 0:
+                    return False
+                self._cv.wait(min(left, 0.5))
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def assignments(self) -> dict[str, int]:
+        with self._cv:
+            return dict(self._assignments)
+
+    # ---- helpers (callers hold the lock) ------------------------------------------------------
+    def _known(self, client_id: str) -> ClientRecord:
+        record = self._clients.get(client_id)
+        if record is None:
+            raise Reject("unknown_client", f"unknown client id {client_id[:32]!r}: join first")
+        return record
+
+    def _wanted(self, client_id: str, task_id: str, round_number: int) -> RoundTask:
+        task = self._task
+        if task is None or task.task_id != task_id or task.round != round_number:
+            raise Reject("stale", f"round {round_number} task {task_id[:32]!r} is not open (stale or replayed)")
+        if client_id not in task.sampled:
+            raise Reject("not_sampled", f"client was not sampled for round {round_number}")
+        if client_id in task.results:
+            raise Reject("duplicate", f"a result for round {round_number} was already accepted from this client")
+        return task
+
+    def _is_live(self, record: ClientRecord) -> bool:
+        return bool(record.busy_round) or self.clock() - record.last_seen <= self.liveness_s
+
+    def _live(self) -> list[str]:
+        return [cid for cid, rec in self._clients.items() if self._is_live(rec)]

@@ -1,0 +1,146 @@
+"""The gRPC face of the server: turns requests into coordinator calls and refuses, with a
+precise status, anything a peer sends that is not exactly what the protocol allows."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from services.common.chunking import PayloadError, assemble
+from services.common.codec import CodecError
+from services.common.logs import fields
+from services.common.proto import federation_pb2 as pb
+from services.common.proto import federation_pb2_grpc as pb_grpc
+from services.server.coordinator import Coordinator, Reject, Result, TaskKind
+from services.server.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    "unknown_client": grpc.StatusCode.NOT_FOUND,
+    "stale": grpc.StatusCode.FAILED_PRECONDITION,
+    "not_sampled": grpc.StatusCode.FAILED_PRECONDITION,
+    "duplicate": grpc.StatusCode.ALREADY_EXISTS,
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+MAX_METRICS = 32
+MAX_METRIC_NAME = 64
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        decode_result: Callable[[bytes], Any],
+        telemetry: Telemetry,
+        *,
+        chunk_bytes: int,
+        max_payload_bytes: int,
+        poll_s: float = 10.0,
+    ) -> None:
+        self.coordinator = coordinator
+        self.decode_result = decode_result
+        self.telemetry = telemetry
+        self.chunk_bytes = chunk_bytes
+        self.max_payload_bytes = max_payload_bytes
+        self.poll_s = poll_s
+
+    def _abort(self, context: grpc.ServicerContext, reason: str, message: str) -> None:
+        self.telemetry.reject(reason)
+        log.warning("rejected request: %s", message, extra=fields(reason=reason, peer=context.peer()))
+        context.abort(STATUS[reason], message)
+
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
+        try:
+            record = self.coordinator.join(request.name)
+        except Reject as exc:
+            self._abort(context, exc.reason, str(exc))
+        log.info("client joined", extra=fields(client=record.name, client_id=record.client_id, shard=record.shard))
+        return pb.JoinReply(
+            client_id=record.client_id, shard_index=record.shard, num_shards=self.coordinator.num_shards
+        )
+
+    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.TaskChunk]:  # noqa: N802
+        try:
+            kind, task = self.coordinator.next_task(request.client_id, self.poll_s)
+        except Reject as exc:
+            self._abort(context, exc.reason, str(exc))
+        if kind is TaskKind.DONE:
+            yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.DONE))
+            return
+        if kind is TaskKind.WAIT or task is None:
+            yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.WAIT))
+            return
+        payload = task.payload
+        yield pb.TaskChunk(
+            header=pb.TaskHeader(
+                kind=pb.TaskHeader.TRAIN,
+                round=task.round,
+                task_id=task.task_id,
+                payload_bytes=len(payload.data),
+                payload_sha256=payload.sha256,
+                deadline_s=task.remaining(self.coordinator.clock()),
+            )
+        )
+        for chunk in payload.chunks(self.chunk_bytes):
+            yield pb.TaskChunk(data=chunk)
+        self.telemetry.add_bytes(sent=len(payload.data))
+
+    def SubmitResult(self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext) -> pb.SubmitReply:  # noqa: N802
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            self._abort(context, "invalid", "a result stream must start with a ResultHeader")
+        h = first.header
+        try:
+            self.coordinator.check_submission(h.client_id, h.task_id, h.round)
+            metrics = _validate_metrics(h.metrics)
+            data = assemble(
+                _data_parts(request_iterator),
+                expected_bytes=h.payload_bytes,
+                expected_sha256=h.payload_sha256,
+                max_bytes=self.max_payload_bytes,
+            )
+            self.telemetry.add_bytes(received=len(data))
+            value = self.decode_result(data)
+            _validate_weight(value)
+            self.coordinator.submit(h.client_id, h.task_id, h.round, Result(value, metrics, len(data)))
+        except Reject as exc:
+            self._abort(context, exc.reason, str(exc))
+        except PayloadError as exc:
+            self._abort(context, "too_large" if exc.too_large else "invalid", str(exc))
+        except CodecError as exc:
+            self._abort(context, "invalid", f"client result rejected: {exc}")
+        log.info("result accepted", extra=fields(client_id=h.client_id, round=h.round, bytes=h.payload_bytes))
+        return pb.SubmitReply(accepted=True, detail=f"round {h.round} result accepted")
+
+
+
+def _data_parts(chunks: Iterator[pb.ResultChunk]) -> Iterator[bytes]:
+    for chunk in chunks:
+        if chunk.WhichOneof("part") != "data":
+            raise Reject("invalid", "only data chunks may follow the ResultHeader")
+        yield chunk.data
+
+
+def _validate_metrics(metrics: Any) -> dict[str, float]:
+    if len(metrics) > MAX_METRICS:
+        raise Reject("invalid", f"at most {MAX_METRICS} metrics per result, got {len(metrics)}")
+    out = {}
+    for name, value in metrics.items():
+        if not name or len(name) > MAX_METRIC_NAME or not name.isidentifier():
+            raise Reject("invalid", f"metric name {name[:MAX_METRIC_NAME]!r} must be an identifier")
+        if not math.isfinite(value):
+            raise Reject("invalid", f"metric {name} is not finite")
+        out[name] = float(value)
+    return out
+
+
+def _validate_weight(value: Any) -> None:
+    weight = float(value.update_weight)
+    if not weight > 0:
+        raise Reject("invalid", f"update_weight must be > 0, got {weight}")

@@ -1,0 +1,104 @@
+"""Prometheus text endpoint of the server (``server.metrics_port``): rounds completed, clients
+connected, round duration histogram, bytes in/out and results rejected by reason."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Telemetry:
+    def __init__(self, connected: Callable[[], int] = lambda: 0) -> None:
+        self._lock = threading.Lock()
+        self._connected = connected
+        self.rounds_completed = 0
+        self.rounds_retried = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.rejected: Counter[str] = Counter()
+        self._buckets = [0] * len(BUCKETS)
+        self._duration_sum = 0.0
+        self._duration_count = 0
+
+    def round_done(self, seconds: float) -> None:
+        with self._lock:
+            self.rounds_completed += 1
+            self._duration_sum += seconds
+            self._duration_count += 1
+            for i in range(bisect.bisect_left(BUCKETS, seconds), len(BUCKETS)):
+                self._buckets[i] += 1
+
+    def round_retried(self) -> None:
+        with self._lock:
+            self.rounds_retried += 1
+
+    def add_bytes(self, *, received: int = 0, sent: int = 0) -> None:
+        with self._lock:
+            self.bytes_in += received
+            self.bytes_out += sent
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+
+    def render(self) -> str:
+        with self._lock:
+            lines = [
+                "# HELP tff_k8s_rounds_completed_total Federated rounds applied to the global model.",
+                "# TYPE tff_k8s_rounds_completed_total counter",
+                f"tff_k8s_rounds_completed_total {self.rounds_completed}",
+                "# HELP tff_k8s_rounds_retried_total Rounds retried for lack of results.",
+                "# TYPE tff_k8s_rounds_retried_total counter",
+                f"tff_k8s_rounds_retried_total {self.rounds_retried}",
+                "# HELP tff_k8s_clients_connected Clients seen recently.",
+                "# TYPE tff_k8s_clients_connected gauge",
+                f"tff_k8s_clients_connected {self._connected()}",
+                "# HELP tff_k8s_bytes_received_total Payload bytes received from clients.",
+                "# TYPE tff_k8s_bytes_received_total counter",
+                f"tff_k8s_bytes_received_total {self.bytes_in}",
+                "# HELP tff_k8s_bytes_sent_total Payload bytes sent to clients.",
+                "# TYPE tff_k8s_bytes_sent_total counter",
+                f"tff_k8s_bytes_sent_total {self.bytes_out}",
+                "# HELP tff_k8s_results_rejected_total Client results rejected, by reason.",
+                "# TYPE tff_k8s_results_rejected_total counter",
+            ]
+            lines += [f'tff_k8s_results_rejected_total{{reason="{r}"}} {n}' for r, n in sorted(self.rejected.items())]
+            lines += [
+                "# HELP tff_k8s_round_duration_seconds Wall time of applied rounds.",
+                "# TYPE tff_k8s_round_duration_seconds histogram",
+            ]
+            lines += [f'tff_k8s_round_duration_seconds_bucket{{le="{b}"}} {n}' for b, n in zip(BUCKETS, self._buckets, strict=True)]
+            lines += [
+                f'tff_k8s_round_duration_seconds_bucket{{le="+Inf"}} {self._duration_count}',
+                f"tff_k8s_round_duration_seconds_sum {self._duration_sum}",
+                f"tff_k8s_round_duration_seconds_count {self._duration_count}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def serve(self, host: str, port: int) -> ThreadingHTTPServer:
+        telemetry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = telemetry.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer((host, port), Handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+        return httpd
