@@ -63,7 +63,7 @@ class TrainingSettings(_Strict):
         None, ge=1, description="Results needed to apply a round (default: clients_per_round)."
     )
     round_deadline_s: float = Field(120.0, gt=0, description="Seconds a round waits for results.")
-    local_epochs: int = Field(1, ge=1, le=1000, description="Passes over local data per round.")
+    local_epochs: int = Field(2, ge=1, le=1000, description="Passes over local data per round.")
     batch_size: int = Field(20, ge=1, le=100_000, description="Client batch size.")
     client_learning_rate: float = Field(0.1, gt=0, description="Client SGD learning rate.")
     server_optimizer: Literal["sgd", "adam"] = "sgd"
@@ -136,7 +136,7 @@ class ClientSettings(_Strict):
     name: str = Field("", description="A label for logs; defaults to the host name.")
     health_port: int = Field(8081, ge=0, le=65535, description="gRPC health port for probes (0: off).")
     reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0)
     give_up_after_s: float = Field(600.0, gt=0, description="Exit non-zero after this long without a server.")
 
     @model_validator(mode="after")

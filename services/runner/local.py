@@ -16,7 +16,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from services.common.config import ConfigError, FederationConfig, load_config, parse_set
 from services.runner.plot import plot_rounds
@@ -68,6 +67,7 @@ def build_config(args: argparse.Namespace) -> FederationConfig:
         "security.mutual_tls": False,
         "security.token_file": None,
         "client.health_port": 0,
+        "client.reconnect_max_s": 2.0,  # the server takes a while to import TensorFlow; poll it often
     }
     for flag, key in (("partition", "data.partition"), ("alpha", "data.dirichlet_alpha"),
                       ("aggregator", "training.aggregator")):
@@ -83,15 +83,6 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def round_table(records: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="Federated rounds")
-    for col in ("round", "clients", "train loss", "eval loss", "eval accuracy", "seconds"):
-        table.add_column(col, justify="right")
-    for r in records:
-        table.add_row(*_row(r))
-    return table
 
 
 def _row(r: dict[str, Any]) -> tuple[str, ...]:
@@ -156,7 +147,6 @@ class LocalRun:
             self.console.print(f"[red]server stopped after {len(records)} of {self.cfg.training.rounds} rounds[/red]")
             return 1
         plot = plot_rounds(records, self.out_dir / PLOT_NAME)
-        self.console.print(round_table(records))
         last = records[-1]
         self.console.print(
             f"[green]done[/green]: {len(records)} rounds, held-out accuracy {last['eval_accuracy']:.4f}\n"
