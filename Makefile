@@ -1,13 +1,14 @@
 # The README's two commands: `make demo` runs a local federation, `make test` runs the tests.
 # Both bootstrap uv from PyPI when it is absent and install exactly what uv.lock pins.
 SHELL := /bin/bash
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else the copy `make uv` installs from PyPI into this Python (run as `python3 -m uv`).
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen --all-extras
 ARGS ?=
 
 .PHONY: demo test test-fast sync uv lint
 uv:
-	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
 sync: uv
 	$(UV) sync --frozen --all-extras
@@ -22,6 +23,6 @@ test-fast: sync
 	$(RUN) pytest -m "not slow" $(ARGS)
 
 lint: sync
-	$(RUN) ruff check services infra tests
+	$(RUN) ruff check services infra policy tests bench
 
 -include infra/k8s.mk
