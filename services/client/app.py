@@ -37,7 +37,7 @@ class FederationClient:
     def run(self) -> None:
         """Returns when the server says training is done; raises Stopped / ServerGone otherwise."""
         joined = self.session.join()
-        trainer = ClientTrainer(self.cfg.training, client_data(self.cfg, joined))
+        trainer = ClientTrainer(self.cfg, client_data(self.cfg, joined))
         log.info("joined", extra=fields(client=self.name, client_id=joined.client_id, shard=joined.shard_index))
         while True:
             try:
@@ -69,6 +69,6 @@ class FederationClient:
         """The server restarted and forgot this client id: join again (same name, same shard)."""
         again = self.session.join()
         if again.shard_index != joined.shard_index or again.num_shards != joined.num_shards:
-            trainer = ClientTrainer(self.cfg.training, client_data(self.cfg, again))
+            trainer = ClientTrainer(self.cfg, client_data(self.cfg, again))
         log.info("rejoined", extra=fields(client_id=again.client_id, shard=again.shard_index))
         return again, trainer

@@ -6,15 +6,15 @@ from __future__ import annotations
 import time
 
 from services.common import codec
-from services.common.config import TrainingSettings
+from services.common.config import FederationConfig
 from services.common.data import Arrays
 from services.common.task import Task, to_dataset
 
 
 class ClientTrainer:
-    def __init__(self, training: TrainingSettings, data: Arrays) -> None:
-        self.task = Task(training)
-        self.dataset = to_dataset(data, training)
+    def __init__(self, cfg: FederationConfig, data: Arrays) -> None:
+        self.task = Task(cfg.training, cfg.model)
+        self.dataset = to_dataset(data, cfg.training)
         self.state = self.task.client_work.initialize()
 
     def train(self, weights_bytes: bytes) -> tuple[bytes, dict[str, float]]:

@@ -91,6 +91,12 @@ class TrainingSettings(_Strict):
         return self
 
 
+class ModelSettings(_Strict):
+    hidden_units: int = Field(
+        32, ge=1, le=10_000_000, description="Width of the MLP's hidden layer (about 300 bytes per unit)."
+    )
+
+
 class DataSettings(_Strict):
     source: Literal["digits", "npz"] = Field(
         "digits", description="digits: scikit-learn's bundled digits, sharded by the server; npz: own files."
@@ -152,6 +158,7 @@ class ClientSettings(_Strict):
 class FederationConfig(_Strict):
     server: ServerSettings = ServerSettings()
     training: TrainingSettings = TrainingSettings()
+    model: ModelSettings = ModelSettings()
     data: DataSettings = DataSettings()
     security: SecuritySettings = SecuritySettings()
     client: ClientSettings = ClientSettings()

@@ -11,41 +11,41 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from services.common.config import TrainingSettings
+from services.common.config import ModelSettings, TrainingSettings
 from services.common.data import NUM_CLASSES, NUM_FEATURES, Arrays
 
 INPUT_SPEC = (
     tf.TensorSpec(shape=[None, NUM_FEATURES], dtype=tf.float32),
     tf.TensorSpec(shape=[None], dtype=tf.int32),
 )
-HIDDEN_UNITS = 32
+DEFAULT_MODEL = ModelSettings()
 
 
-def keras_model() -> tf.keras.Model:
-    """A small MLP over the 64 digits pixels (scaled to [0, 1]) that outputs class logits."""
+def keras_model(model: ModelSettings = DEFAULT_MODEL) -> tf.keras.Model:
+    """An MLP over the 64 digits pixels (scaled to [0, 1]) that outputs class logits."""
     return tf.keras.Sequential(
         [
             tf.keras.layers.InputLayer(input_shape=(NUM_FEATURES,), name="pixels"),
-            tf.keras.layers.Dense(HIDDEN_UNITS, activation="relu", name="hidden"),
+            tf.keras.layers.Dense(model.hidden_units, activation="relu", name="hidden"),
             tf.keras.layers.Dense(NUM_CLASSES, name="logits"),
         ],
         name="digits_mlp",
     )
 
 
-def model_fn() -> tff.learning.models.VariableModel:
+def model_fn(model: ModelSettings = DEFAULT_MODEL) -> tff.learning.models.VariableModel:
     return tff.learning.models.from_keras_model(
-        keras_model(),
+        keras_model(model),
         input_spec=INPUT_SPEC,
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[tf.keras.metrics.SparseCategoricalAccuracy()],
     )
 
 
-def initial_weights(seed: int) -> tff.learning.models.ModelWeights:
+def initial_weights(seed: int, model_settings: ModelSettings = DEFAULT_MODEL) -> tff.learning.models.ModelWeights:
     """Deterministic initial global model for ``seed`` (the same in every process)."""
     tf.keras.utils.set_random_seed(seed)
-    model = keras_model()
+    model = keras_model(model_settings)
     return tff.learning.models.ModelWeights(
         trainable=[v.numpy() for v in model.trainable_variables],
         non_trainable=[v.numpy() for v in model.non_trainable_variables],
@@ -73,11 +73,21 @@ class Task:
     """TFF client work for this task and the wire types derived from its type signature."""
 
     training: TrainingSettings
+    model: ModelSettings = DEFAULT_MODEL
+
+    def model_fn(self) -> tff.learning.models.VariableModel:
+        return model_fn(self.model)
+
+    def keras_model(self) -> tf.keras.Model:
+        return keras_model(self.model)
+
+    def initial_weights(self) -> tff.learning.models.ModelWeights:
+        return initial_weights(self.training.seed, self.model)
 
     @cached_property
     def client_work(self) -> tff.learning.templates.ClientWorkProcess:
         return tff.learning.templates.build_model_delta_client_work(
-            model_fn, client_optimizer(self.training), tff.learning.ClientWeighting.NUM_EXAMPLES
+            self.model_fn, client_optimizer(self.training), tff.learning.ClientWeighting.NUM_EXAMPLES
         )
 
     @cached_property
@@ -91,8 +101,7 @@ class Task:
         return self.client_work.next.type_signature.result.result.member
 
 
-def weights_to_keras(weights: tff.learning.models.ModelWeights, model: tf.keras.Model | None = None) -> tf.keras.Model:
-    model = model or keras_model()
+def weights_to_keras(weights: tff.learning.models.ModelWeights, model: tf.keras.Model) -> tf.keras.Model:
     weights.assign_weights_to(model)
     return model
 

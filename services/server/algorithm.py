@@ -14,7 +14,7 @@ import tensorflow_federated as tff
 
 from services.common import codec
 from services.common.config import TrainingSettings
-from services.common.task import Task, initial_weights, server_optimizer
+from services.common.task import Task, server_optimizer
 
 
 def aggregation_factory(training: TrainingSettings):  # type: ignore[no-untyped-def]
@@ -59,7 +59,7 @@ class ServerAlgorithm:
 
     def initialize(self) -> ServerState:
         return ServerState(
-            0, initial_weights(self.training.seed), self.aggregator.initialize(), self.finalizer.initialize()
+            0, self.task.initial_weights(), self.aggregator.initialize(), self.finalizer.initialize()
         )
 
     def apply(self, state: ServerState, results: Sequence[Any]) -> ServerState:

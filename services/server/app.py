@@ -47,7 +47,7 @@ def config_fingerprint(cfg: FederationConfig) -> str:
     """What a checkpoint must agree with to be resumed: the model-defining training settings."""
     t = cfg.training
     keys = dict(seed=t.seed, aggregator=t.aggregator, server_optimizer=t.server_optimizer,
-                num_shards=cfg.num_shards, partition=cfg.data.partition)
+                num_shards=cfg.num_shards, partition=cfg.data.partition, hidden_units=cfg.model.hidden_units)
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -68,10 +68,10 @@ class FederationServer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.stop_event = threading.Event()
         training = cfg.training
-        self.task = Task(training)
+        self.task = Task(training, cfg.model)
         self.algorithm = ServerAlgorithm(self.task, training)
         _, self.eval_data = load_digits_split(cfg.data.eval_fraction, training.seed)
-        self.eval_model = weights_to_keras(self.algorithm.initialize().weights)
+        self.eval_model = self.task.keras_model()
         self.state, rng, assignments = self._restore_or_init()
         self.coordinator = Coordinator(
             min_clients=training.min_clients,

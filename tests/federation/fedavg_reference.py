@@ -9,7 +9,7 @@ import tensorflow_federated as tff
 
 from services.common.config import FederationConfig
 from services.common.data import digits_shard
-from services.common.task import client_optimizer, initial_weights, model_fn, server_optimizer, to_dataset
+from services.common.task import Task, client_optimizer, server_optimizer, to_dataset
 from services.common.tff_runtime import TffRuntime
 
 
@@ -22,13 +22,14 @@ def reference_weights(cfg: FederationConfig, rounds: int) -> list[np.ndarray]:
         for i in range(cfg.num_shards)
     ]
     with TffRuntime(120):
+        task = Task(t, cfg.model)
         process = tff.learning.algorithms.build_weighted_fed_avg(
-            model_fn,
+            task.model_fn,
             client_optimizer_fn=client_optimizer(t),
             server_optimizer_fn=server_optimizer(t),
             model_aggregator=tff.aggregators.MeanFactory(),
         )
-        state = process.set_model_weights(process.initialize(), initial_weights(t.seed))
+        state = process.set_model_weights(process.initialize(), task.initial_weights())
         for _ in range(rounds):
             state = process.next(state, datasets).state
         weights = process.get_model_weights(state)
