@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # strict: a YAML `yes` is not 1 round and `"8080"` is not a port; ints still fill float fields.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 class ServerSettings(_Strict):
@@ -240,7 +241,10 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value (e.g. training.rounds=3)")
-        out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key.strip()}: value {raw!r} is not a YAML scalar ({exc.problem})") from None
     return out
 
 
