@@ -14,6 +14,7 @@ from services.common.config import FederationConfig
 from services.common.data import Arrays, digits_shard, load_npz_dir
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
+from services.common.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,17 @@ def client_data(cfg: FederationConfig, joined: Joined) -> Arrays:
 
 
 class FederationClient:
-    def __init__(self, cfg: FederationConfig) -> None:
+    def __init__(self, cfg: FederationConfig, name: str | None = None, task: Task | None = None) -> None:
         self.cfg = cfg
-        self.name = cfg.client.name or socket.gethostname()
+        self.task = task  # shared by the simulator's sessions; built per trainer otherwise
+        self.name = name or cfg.client.name or socket.gethostname()
         self.session = Session(cfg, self.name)
         self.rounds_trained = 0
 
     def run(self) -> None:
         """Returns when the server says training is done; raises Stopped / ServerGone otherwise."""
         joined = self.session.join()
-        trainer = ClientTrainer(self.cfg, client_data(self.cfg, joined))
+        trainer = ClientTrainer(self.cfg, client_data(self.cfg, joined), self.task)
         log.info("joined", extra=fields(client=self.name, client_id=joined.client_id, shard=joined.shard_index))
         while True:
             try:
@@ -69,6 +71,6 @@ class FederationClient:
         """The server restarted and forgot this client id: join again (same name, same shard)."""
         again = self.session.join()
         if again.shard_index != joined.shard_index or again.num_shards != joined.num_shards:
-            trainer = ClientTrainer(self.cfg, client_data(self.cfg, again))
+            trainer = ClientTrainer(self.cfg, client_data(self.cfg, again), self.task)
         log.info("rejoined", extra=fields(client_id=again.client_id, shard=again.shard_index))
         return again, trainer

@@ -3,6 +3,7 @@ data only, from the global weights the server sent to the ``ClientResult`` it se
 
 from __future__ import annotations
 
+import threading
 import time
 
 from services.common import codec
@@ -10,19 +11,24 @@ from services.common.config import FederationConfig
 from services.common.data import Arrays
 from services.common.task import Task, to_dataset
 
+# One TFF execution context per process: sessions that share a process (the simulator) train in turn.
+_TFF_CALLS = threading.Lock()
+
 
 class ClientTrainer:
-    def __init__(self, cfg: FederationConfig, data: Arrays) -> None:
-        self.task = Task(cfg.training, cfg.model)
+    def __init__(self, cfg: FederationConfig, data: Arrays, task: Task | None = None) -> None:
+        self.task = task or Task(cfg.training, cfg.model)
         self.dataset = to_dataset(data, cfg.training)
-        self.state = self.task.client_work.initialize()
+        with _TFF_CALLS:
+            self.state = self.task.client_work.initialize()
 
     def train(self, weights_bytes: bytes) -> tuple[bytes, dict[str, float]]:
         """Decode (type-checked) global weights, train locally, return (ClientResult bytes, metrics)."""
         weights = codec.decode(weights_bytes, self.task.weights_type)
-        started = time.monotonic()
-        out = self.task.client_work.next(self.state, [weights], [self.dataset])
-        seconds = time.monotonic() - started
+        with _TFF_CALLS:
+            started = time.monotonic()
+            out = self.task.client_work.next(self.state, [weights], [self.dataset])
+            seconds = time.monotonic() - started
         train = out.measurements["train"]
         metrics = {
             "train_loss": float(train["loss"]),
