@@ -4,6 +4,7 @@ NumPy only: the model side lives in :mod:`services.common.task`."""
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,13 +90,20 @@ def load_npz_dir(path: str | Path) -> Arrays:
         raise DataError(f"no .npz files in {path} (data.npz_dir)")
     xs, ys = [], []
     for f in files:
-        with np.load(f, allow_pickle=False) as npz:
-            if "x" not in npz or "y" not in npz:
-                raise DataError(f"{f}: needs arrays 'x' and 'y', has {sorted(npz.files)}")
-            x = np.asarray(npz["x"], dtype=np.float32).reshape(len(npz["x"]), -1)
-            y = np.asarray(npz["y"])
+        try:
+            with np.load(f, allow_pickle=False) as npz:
+                if "x" not in npz or "y" not in npz:
+                    raise DataError(f"{f}: needs arrays 'x' and 'y', has {sorted(npz.files)}")
+                x_raw, y = np.asarray(npz["x"]), np.asarray(npz["y"])
+        except DataError:
+            raise
+        except (OSError, ValueError, TypeError, EOFError, AttributeError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{f}: not a readable .npz of numeric arrays ({type(exc).__name__}: {exc})") from None
+        if x_raw.ndim < 1 or len(x_raw) == 0 or x_raw.dtype.kind not in "iuf" or y.ndim != 1:
+            raise DataError(f"{f}: x must be a non-empty numeric (N, {NUM_FEATURES}) array and y (N,) labels")
+        x = x_raw.astype(np.float32).reshape(len(x_raw), -1)
         if x.shape[1] != NUM_FEATURES or len(x) != len(y):
-            raise DataError(f"{f}: x must be (N, {NUM_FEATURES}) and y (N,), got {x.shape} and {y.shape}")
+            raise DataError(f"{f}: x must be (N, {NUM_FEATURES}) and y (N,), got {x_raw.shape} and {y.shape}")
         if not np.all(np.isfinite(x)) or x.min(initial=0) < 0 or x.max(initial=0) > 1:
             raise DataError(f"{f}: x must be finite and scaled to [0, 1]")
         if y.dtype.kind not in "iu" or y.min(initial=0) < 0 or y.max(initial=0) >= NUM_CLASSES:

@@ -1,5 +1,5 @@
 """Atomic checkpoints: after every round the server writes its whole state to one file
-(magic, a JSON header, then the TFF Value bytes of the model, aggregator and optimizer state),
+(magic, a SHA-256 of the rest, a JSON header, then the TFF Value bytes of the model, aggregator and optimizer state),
 via a temporary file, fsync and rename, so a crash leaves either the old or the new checkpoint."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MAGIC = b"TFFK8S-CKPT\x01\n"
+MAGIC = b"TFFK8S-CKPT\x02\n"
+_DIGEST = hashlib.sha256().digest_size
 CHECKPOINT_NAME = "checkpoint.bin"
 
 
@@ -36,12 +37,13 @@ def _fsync_dir(path: Path) -> None:
 
 def save(directory: Path, checkpoint: Checkpoint) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    header = dict(checkpoint.header, state_sha256=hashlib.sha256(checkpoint.state).hexdigest())
-    head = json.dumps(header, sort_keys=True).encode()
+    head = json.dumps(checkpoint.header, sort_keys=True).encode()
     final = directory / CHECKPOINT_NAME
     tmp = directory / f".{CHECKPOINT_NAME}.tmp"
     with open(tmp, "wb") as f:
-        f.write(MAGIC + struct.pack(">Q", len(head)) + head + checkpoint.state)
+        # The digest covers the header and the state: a flipped bit in either is caught on load.
+        f.write(MAGIC + hashlib.sha256(head + checkpoint.state).digest() + struct.pack(">Q", len(head)))
+        f.write(head + checkpoint.state)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -55,15 +57,19 @@ def load(directory: Path) -> Checkpoint | None:
         blob = path.read_bytes()
     except FileNotFoundError:
         return None
-    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 8:
+    fixed = len(MAGIC) + _DIGEST + 8
+    if not blob.startswith(MAGIC) or len(blob) < fixed:
         raise CheckpointError(f"{path} is not a tff-k8s checkpoint")
-    (size,) = struct.unpack(">Q", blob[len(MAGIC) : len(MAGIC) + 8])
-    start = len(MAGIC) + 8
+    digest = blob[len(MAGIC) : len(MAGIC) + _DIGEST]
+    (size,) = struct.unpack(">Q", blob[fixed - 8 : fixed])
+    body = blob[fixed:]
+    if size > len(body) or hashlib.sha256(body).digest() != digest:
+        raise CheckpointError(f"{path}: contents do not match their digest (truncated or damaged)")
     try:
-        header = json.loads(blob[start : start + size])
+        header = json.loads(body[:size])
     except ValueError as exc:
         raise CheckpointError(f"{path}: damaged header ({exc})") from None
-    state = blob[start + size :]
-    if hashlib.sha256(state).hexdigest() != header.get("state_sha256"):
-        raise CheckpointError(f"{path}: state does not match its digest (truncated or damaged)")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is not a mapping")
+    state = body[size:]
     return Checkpoint(header, state)

@@ -162,7 +162,8 @@ class Coordinator:
 
     def open_round(self, round_number: int, payload: Payload) -> RoundTask:
         with self._cv:
-            live = sorted(self._live())
+            # By name, not by the random ids: the same seed samples the same clients on every run.
+            live = sorted(self._live(), key=lambda cid: self._clients[cid].name)
             count = min(self.clients_per_round, len(live))
             sampled = frozenset(self.rng.choice(live, size=count, replace=False).tolist()) if count else frozenset()
             self._task = RoundTask(
