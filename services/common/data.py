@@ -63,13 +63,13 @@ def partition(labels: np.ndarray, num_shards: int, *, scheme: str, alpha: float,
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
         cuts = (np.cumsum(rng.dirichlet([alpha] * num_shards)) * len(idx)).astype(int)[:-1]
-        for shard, part in enumerate(np.split(idx, cuts)):
-            shards[shard].extend(part.tolist())
+        for index, part in enumerate(np.split(idx, cuts)):
+            shards[index].extend(part.tolist())
     # No empty shard: a client with no data cannot train. Move one example from the largest.
-    for shard in shards:
-        if not shard:
+    for members in shards:
+        if not members:
             donor = max(shards, key=len)
-            shard.append(donor.pop())
+            members.append(donor.pop())
     return [np.sort(np.asarray(s, dtype=np.int64)) for s in shards]
 
 
