@@ -13,6 +13,7 @@ both come from the server's metrics.jsonl. Server peak RSS sums the server and i
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -100,6 +101,8 @@ def run(size_mb: float, clients: int, rounds: int) -> dict[str, Any]:
             raise RuntimeError(f"server exited with {code} after {len(records)} rounds: "
                                f"{(logs / 'server.log').read_text()[-3000:]}")
         measured = records[1:]
+        phases = {k: statistics.median(r[k] for r in measured)
+                  for k in ("collect_s", "aggregate_s", "evaluate_s", "checkpoint_s")}
         return make_record(
             "ours", size_mb, clients, [r["seconds"] for r in measured],
             first_round_s=records[0]["seconds"],
@@ -108,6 +111,7 @@ def run(size_mb: float, clients: int, rounds: int) -> dict[str, Any]:
             server_peak_rss_mb=rss.peak_mb,
             notes=f"hidden_units={hidden_units(size_mb)}; {processes} client processes; "
                   "round = open -> aggregate -> finalize -> evaluate -> checkpoint",
+            server_phases_s=phases,
         )
 
 

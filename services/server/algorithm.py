@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import tensorflow_federated as tff
 
 from services.common import codec
@@ -23,6 +24,35 @@ def aggregation_factory(training: TrainingSettings):  # type: ignore[no-untyped-
     if training.aggregator == "dp":
         return tff.learning.dp_aggregator(training.dp_noise_multiplier, training.clients_per_round)
     return tff.aggregators.MeanFactory()
+
+
+class WeightedMeanFold:
+    """``MeanFactory``'s weighted mean, folded in as results arrive: sum(weight * update) and
+    sum(weight) in float32, divided at the end (``divide_no_nan``), the same math as TFF's
+    federated computation up to the order of the additions. Holds one model-sized sum."""
+
+    def __init__(self) -> None:
+        self.sum: list[np.ndarray] | None = None
+        self.weight = np.float32(0)
+        self.count = 0
+
+    def add(self, result: Any) -> None:
+        weight = np.float32(result.update_weight)
+        parts = [np.asarray(u, dtype=np.float32) * weight for u in result.update]
+        if self.sum is None:
+            self.sum = parts
+        else:
+            for acc, part in zip(self.sum, parts, strict=True):
+                acc += part
+        self.weight = np.float32(self.weight + weight)
+        self.count += 1
+
+    def mean(self) -> list[np.ndarray]:
+        if self.sum is None:
+            raise ValueError("no results were folded in")
+        if self.weight == 0:
+            return [np.zeros_like(s) for s in self.sum]
+        return [s / self.weight for s in self.sum]
 
 
 @dataclass(frozen=True)
@@ -56,6 +86,17 @@ class ServerAlgorithm:
                 ("finalizer", self.finalizer.initialize.type_signature.result.member),
             ]
         )
+
+    @property
+    def streaming(self) -> bool:
+        """The mean aggregator folds results in as they arrive (:class:`WeightedMeanFold`); the
+        robust and dp aggregators keep per-round state and take all results at once."""
+        return self.training.aggregator == "mean"
+
+    def apply_mean(self, state: ServerState, fold: WeightedMeanFold) -> ServerState:
+        """One round from a folded weighted mean (the mean aggregator is stateless)."""
+        fin = self.finalizer.next(state.finalizer, state.weights, fold.mean())
+        return ServerState(state.round + 1, fin.result, state.aggregator, fin.state)
 
     def initialize(self) -> ServerState:
         return ServerState(

@@ -52,6 +52,9 @@ class RoundTask:
     sampled: frozenset[str]
     deadline: float
     results: dict[str, Result] = field(default_factory=dict)
+    # Folds each accepted value into the round's aggregate as it arrives (then the value is
+    # dropped), so the server's memory does not grow with the number of clients.
+    fold: Callable[[Any], None] | None = None
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.deadline - now)
@@ -143,6 +146,9 @@ class Coordinator:
         with self._cv:
             record = self._known(client_id)
             task = self._wanted(client_id, task_id, round_number)
+            if task.fold is not None:  # under the lock: a refused result never touches the aggregate
+                task.fold(result.value)
+                result = Result(None, result.metrics, result.payload_bytes)
             task.results[client_id] = result
             record.busy_round = 0
             record.last_seen = self.clock()
@@ -160,14 +166,16 @@ class Coordinator:
                 self._cv.wait(poll_s)
             return not self._stopped
 
-    def open_round(self, round_number: int, payload: Payload) -> RoundTask:
+    def open_round(self, round_number: int, payload: Payload,
+                   fold: Callable[[Any], None] | None = None) -> RoundTask:
         with self._cv:
             # By name, not by the random ids: the same seed samples the same clients on every run.
             live = sorted(self._live(), key=lambda cid: self._clients[cid].name)
             count = min(self.clients_per_round, len(live))
             sampled = frozenset(self.rng.choice(live, size=count, replace=False).tolist()) if count else frozenset()
             self._task = RoundTask(
-                round_number, secrets.token_hex(8), payload, sampled, self.clock() + self.round_deadline_s
+                round_number, secrets.token_hex(8), payload, sampled, self.clock() + self.round_deadline_s,
+                fold=fold,
             )
             self._cv.notify_all()
             return self._task
