@@ -103,7 +103,22 @@ def plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def render(results: dict, plot_name: str) -> str:
+def scale_table(rows: list[dict] | None) -> str:
+    if not rows:
+        return "_Not run yet: `python bench/scale.py` writes bench/results/scale.json._"
+    lines = ["| connected clients | sampled per round | median round | server peak RSS MiB | RSS per added client |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['connected']} | - | {r['error']} | - | - |")
+            continue
+        added = r.get("server_rss_kb_per_added_client")
+        lines.append(f"| {r['connected']} | {r['sampled_per_round']} | {_fmt_s(r['median_round_s'])} | "
+                     f"{r['server_peak_rss_mb']:.0f} | {'-' if added is None else f'{added:.0f} KiB'} |")
+    return "\n".join(lines)
+
+
+def render(results: dict, plot_name: str, scale: list[dict] | None = None) -> str:
     m, records = results["machine"], results["records"]
     return f"""# Benchmarks
 
@@ -128,6 +143,13 @@ Python {m['python']}; flwr {m['flwr']} (own venv); tensorflow-federated {m['tens
 {ratios(records)}
 
 ![median round time per system]({plot_name})
+
+## Scale (`bench/scale.py`)
+One server, client sessions from 4 simulator processes (`services.client.simulator`), the
+digits MLP, 2 measured rounds. The round time is dominated by the clients' TFF work, which runs in
+turn inside each simulator process; the server's memory is nearly flat in the connected count.
+
+{scale_table(scale)}
 """
 
 
@@ -138,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot", type=Path, default=BENCH / "benchmarks.png")
     args = p.parse_args(argv)
     results = json.loads(args.results.read_text())
+    scale_path = args.results.parent / "scale.json"
+    scale = json.loads(scale_path.read_text()) if scale_path.exists() else None
     plot(results["records"], args.plot)
-    args.out.write_text(render(results, args.plot.name if args.plot.parent == args.out.parent else str(args.plot)))
+    plot_name = args.plot.name if args.plot.parent == args.out.parent else str(args.plot)
+    args.out.write_text(render(results, plot_name, scale))
     print(f"wrote {args.out} and {args.plot}")
 
 
