@@ -1,6 +1,7 @@
 """Container entrypoint: ``python -m services.client --config /etc/tff-k8s/federation.yaml`` with
 ``SERVER_ADDRESS`` set. Exit codes: 0 training done (or stopped by SIGTERM), 2 bad config or
-security material, 3 the server stayed away longer than client.give_up_after_s, 1 anything else."""
+security material (including a token or certificate the server refuses), 3 the server stayed away
+longer than client.give_up_after_s, 1 anything else."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     from services.client.app import FederationClient  # heavy: TensorFlow + TFF
-    from services.client.session import ServerGone, Stopped
+    from services.client.session import Refused, ServerGone, Stopped
     from services.common.tff_runtime import TffRuntime
 
     try:
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client = FederationClient(cfg)
             client.run()
         return 0
-    except SecurityError as exc:
+    except (SecurityError, Refused) as exc:
         log.error(str(exc))
         return 2
     except Stopped:

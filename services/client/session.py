@@ -66,6 +66,14 @@ class Stopped(RuntimeError):
     """The client was asked to stop (SIGTERM)."""
 
 
+class Refused(RuntimeError):
+    """The server refused this client's credentials (UNAUTHENTICATED / PERMISSION_DENIED): retrying
+    cannot help, the token or certificate must be fixed."""
+
+
+REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
 class Session:
     def __init__(self, cfg: FederationConfig, name: str) -> None:
         self.stopping = False
@@ -96,6 +104,11 @@ class Session:
             except (grpc.RpcError, ValueError) as err:  # ValueError: the channel was closed by stop()
                 if self.stopping:
                     raise Stopped(what) from None
+                if isinstance(err, grpc.RpcError) and err.code() in REFUSED:
+                    raise Refused(
+                        f"{what}: the server refused this client with {err.code().name} ({err.details()}); "
+                        "check the bearer token (security.token_file) and client certificate"
+                    ) from None
                 if not isinstance(err, grpc.RpcError) or err.code() not in RETRYABLE:
                     raise
                 self.backoff.wait(f"{what}: {err.code().name}")

@@ -10,6 +10,7 @@ from services.common import codec
 from services.common.config import FederationConfig
 from services.common.data import Arrays
 from services.common.task import Task, to_dataset
+from services.common.tff_runtime import use_in_this_thread
 
 # One TFF execution context per process: sessions that share a process (the simulator) train in turn.
 _TFF_CALLS = threading.Lock()
@@ -20,12 +21,14 @@ class ClientTrainer:
         self.task = task or Task(cfg.training, cfg.model)
         self.dataset = to_dataset(data, cfg.training)
         with _TFF_CALLS:
+            use_in_this_thread()
             self.state = self.task.client_work.initialize()
 
     def train(self, weights_bytes: bytes) -> tuple[bytes, dict[str, float]]:
         """Decode (type-checked) global weights, train locally, return (ClientResult bytes, metrics)."""
         weights = codec.decode(weights_bytes, self.task.weights_type)
         with _TFF_CALLS:
+            use_in_this_thread()
             started = time.monotonic()
             out = self.task.client_work.next(self.state, [weights], [self.dataset])
             seconds = time.monotonic() - started

@@ -1,6 +1,8 @@
 """The wire codec: TFF values <-> bytes of a serialized ``tff`` Value proto.
 
-Decoding never trusts the peer: the proto must parse, its own type (read from the proto, not
+Decoding never trusts the peer: the proto must parse, its layout must follow the expected type
+before TFF deserializes anything (TFF would otherwise build whatever the peer names, e.g. a
+``tf.data`` dataset from a peer-supplied GraphDef), its own type (read from the proto, not
 assumed) must equal the expected TFF type exactly (names, dtypes, shapes), and every number must
 be finite. TFF's ``deserialize_value(proto, type_hint)`` alone does not check this (it adopts the
 hint), so the check is done here. Nothing is pickled.
@@ -33,6 +35,7 @@ def decode(data: bytes, type_spec: tff.Type) -> Any:
         proto.ParseFromString(data)
     except DecodeError as exc:
         raise CodecError(f"not a TFF Value proto ({exc})") from None
+    _check_layout(proto, type_spec)
     try:
         value, actual = tff.framework.deserialize_value(proto)
     except Exception as exc:  # TFF raises assorted types on malformed protos
@@ -41,6 +44,27 @@ def decode(data: bytes, type_spec: tff.Type) -> Any:
         raise CodecError(f"expected TFF type {type_spec}, got {actual}")
     _check_finite(value)
     return value
+
+
+_KINDS = {tff.StructType: "struct", tff.TensorType: "array", tff.SequenceType: "sequence",
+          tff.FederatedType: "federated", tff.FunctionType: "computation"}
+
+
+def _check_layout(proto: executor_pb2.Value, type_spec: tff.Type, path: str = "value") -> None:
+    """The kind of every part of ``proto`` (struct, array, ...) must be the one ``type_spec`` asks for,
+    structs with as many elements, checked on the raw proto before any of it is deserialized."""
+    expected = next((kind for cls, kind in _KINDS.items() if isinstance(type_spec, cls)), None)
+    kind = proto.WhichOneof("value")
+    if kind != expected:
+        raise CodecError(f"{path}: expected a value of kind {expected}, got {kind or 'an empty value'}")
+    if isinstance(type_spec, tff.StructType):
+        elements = proto.struct.element
+        if len(elements) != len(type_spec):
+            raise CodecError(f"{path}: expected {len(type_spec)} elements, got {len(elements)}")
+        for i, ((name, member), element) in enumerate(
+            zip(tff.structure.iter_elements(type_spec), elements, strict=True)
+        ):
+            _check_layout(element.value, member, f"{path}.{name or i}")
 
 
 def _check_finite(value: Any, path: str = "value") -> None:

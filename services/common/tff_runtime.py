@@ -1,20 +1,27 @@
 """An owned TFF execution context.
 
 TFF's default local context starts a C++ ``worker_binary`` that outlives its Python parent and,
-when the binary dies at start (SIGILL on some CPUs), waits for it forever. Here we start the
-binary ourselves: it dies with its parent (``PR_SET_PDEATHSIG``), start-up has a timeout that
-fails loudly, and :meth:`TffRuntime.close` (also on ``with`` exit) stops it.
+when the binary dies (SIGILL at start on some CPUs, or later), retries the call forever. Here we
+start the binary ourselves: it dies with its parent (``PR_SET_PDEATHSIG``), start-up has a timeout
+that fails loudly, and :meth:`TffRuntime.close` (also on ``with`` exit) stops it. It runs in its own
+session, so a SIGTERM sent to the service's process group (``tini -g``) reaches only the Python
+parent, which finishes or abandons its TFF call and then stops the worker; if the worker dies while
+the runtime is open, a watchdog logs it and exits the process (TFF would otherwise hang in retries).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import grpc
 import tensorflow_federated as tff
@@ -34,6 +41,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE),
 ]
 _PR_SET_PDEATHSIG = 1
+WORKER_DIED_EXIT = 1  # the process exit status when the TFF worker dies under a running service
 
 
 class TffRuntimeError(RuntimeError):
@@ -56,24 +64,33 @@ def _free_port() -> int:
 
 class TffRuntime:
     """Start with ``TffRuntime(timeout_s).start()`` or ``with TffRuntime(timeout_s):``; while it runs it
-    is TFF's default context in this process."""
+    is TFF's default context in the thread that started it (TFF's context stack is thread-local:
+    other threads call :func:`use_in_this_thread`)."""
+
+    active: TffRuntime | None = None
 
     def __init__(self, startup_timeout_s: float = 120.0) -> None:
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self._stub: remote_executor_grpc_stub.RemoteExecutorGrpcStub | None = None
         self._channel: grpc.Channel | None = None
+        self.context: sync_execution_context.SyncExecutionContext | None = None
+        self._stderr: IO[bytes] | None = None
 
     def start(self) -> TffRuntime:
         binary = worker_binary_path()
         if not binary.is_file():
             raise TffRuntimeError(f"TFF worker binary not found at {binary}")
         port = _free_port()
+        self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [str(binary), f"--port={port}", "--max_concurrent_computation_calls=-1"],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe: a pipe nobody reads fills up, and closing it kills the worker with
+            # SIGPIPE at its next log line. Read back only if it dies at start.
+            stderr=self._stderr,
             preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
         self._channel = grpc.insecure_channel(f"localhost:{port}", _CHANNEL_OPTIONS)
         self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
@@ -81,7 +98,8 @@ class TffRuntime:
         while not self._stub.is_ready:
             code = self.process.poll()
             if code is not None:
-                err = self.process.stderr.read().decode(errors="replace")[-2000:] if self.process.stderr else ""
+                self._stderr.seek(0)
+                err = self._stderr.read().decode(errors="replace")[-2000:]
                 self.close()
                 why = f"signal {-code}" if code < 0 else f"exit code {code}"
                 hint = " (SIGILL: this CPU lacks an instruction the binary needs)" if code == -signal.SIGILL else ""
@@ -93,9 +111,6 @@ class TffRuntime:
                     "(server.tff_startup_timeout_s)"
                 )
             time.sleep(0.05)
-        # The worker logs to stderr; nothing reads it after start, so let it go to /dev/null-like drain.
-        if self.process.stderr:
-            self.process.stderr.close()
         stub = self._stub
 
         def stack_fn(cardinalities):
@@ -110,15 +125,30 @@ class TffRuntime:
             transform_args=tensorflow_computation.transform_args,
             transform_result=tensorflow_computation.transform_result,
         )
+        self.context = context
+        TffRuntime.active = self
         context_stack_impl.context_stack.set_default_context(context)
         log.info("TFF worker_binary ready (pid %d, port %d)", self.process.pid, port)
+        threading.Thread(target=self._watch, args=(self.process,), name="tff-worker-watchdog", daemon=True).start()
         return self
 
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        if self.process is proc:  # not stopped by close(): TFF would retry its calls forever
+            why = f"signal {-code}" if code < 0 else f"exit code {code}"
+            log.critical("TFF worker_binary (pid %d) died with %s; exiting", proc.pid, why)
+            os._exit(WORKER_DIED_EXIT)
+
     def close(self) -> None:
+        if TffRuntime.active is self:
+            TffRuntime.active = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
         proc, self.process = self.process, None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
@@ -133,3 +163,12 @@ class TffRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def use_in_this_thread() -> None:
+    """Make the running :class:`TffRuntime` TFF's default context in the calling thread."""
+    runtime = TffRuntime.active
+    if runtime is None:
+        raise TffRuntimeError("no TFF runtime is running in this process")
+    if context_stack_impl.context_stack.current is not runtime.context:
+        context_stack_impl.context_stack.set_default_context(runtime.context)

@@ -65,7 +65,7 @@ class ProcessGroup:
                 child.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        child.signal(signal.SIGKILL)  # the group: TFF's worker_binary included
+        child.signal(signal.SIGKILL)  # the group; TFF's worker_binary dies with its parent (PDEATHSIG)
         code = child.process.wait()
         child.log.close()
         return code

@@ -26,21 +26,21 @@ from services.common.chunking import Payload
 from services.common.config import FederationConfig
 from services.common.data import load_digits_split
 from services.common.logs import fields
-from services.common.proto import federation_pb2_grpc as pb_grpc
 from services.common.task import Task, evaluate, weights_to_keras
 from services.common.transport import SERVER_OPTIONS, TokenAuthInterceptor, read_token, server_credentials
 from services.server import checkpoint
-from services.server.algorithm import ServerAlgorithm, ServerState, as_model_weights
+from services.server.algorithm import ServerAlgorithm, ServerState, WeightedMeanFold, as_model_weights
 from services.server.coordinator import Coordinator, Result
-from services.server.servicer import FederationServicer
+from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server
 from services.server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 MODEL_FILE = "model.keras"
-SERVICE_NAME = "tff_k8s.v1.Federation"
 POLL_S = 10.0
+# Every connected client holds one thread in its long poll: room for ~1000 clients per server.
+GRPC_THREADS = 1024
 
 
 def config_fingerprint(cfg: FederationConfig) -> str:
@@ -144,12 +144,12 @@ class FederationServer:
         if token:
             interceptors.append(TokenAuthInterceptor(token, on_reject=self.telemetry.reject))
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=256, thread_name_prefix="grpc"),
+            futures.ThreadPoolExecutor(max_workers=GRPC_THREADS, thread_name_prefix="grpc"),
             interceptors=interceptors,
             options=SERVER_OPTIONS,
-            maximum_concurrent_rpcs=1024,
+            maximum_concurrent_rpcs=2 * GRPC_THREADS,
         )
-        pb_grpc.add_FederationServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         address = f"{s.host}:{s.port}"
         creds = server_credentials(self.cfg.security)
@@ -186,7 +186,8 @@ class FederationServer:
             started = time.monotonic()
             payload = Payload.of(self.algorithm.encode_weights(self.state.weights))
             round_number = self.state.round + 1
-            task = self.coordinator.open_round(round_number, payload)
+            fold = WeightedMeanFold() if self.algorithm.streaming else None
+            task = self.coordinator.open_round(round_number, payload, fold.add if fold else None)
             log.info("round started", extra=fields(round=round_number, sampled=len(task.sampled)))
             results = self.coordinator.wait_round(task)
             if self.stop_event.is_set():
@@ -196,8 +197,12 @@ class FederationServer:
                 log.warning("round retried: too few results", extra=fields(
                     round=round_number, results=len(results), required=required))
                 continue
-            ordered = [results[cid] for cid in sorted(results)]
-            self.state = self.algorithm.apply(self.state, [r.value for r in ordered])
+            collected = time.monotonic()
+            if fold is not None:
+                self.state = self.algorithm.apply_mean(self.state, fold)
+            else:
+                self.state = self.algorithm.apply(self.state, [results[cid].value for cid in sorted(results)])
+            aggregated = time.monotonic()
             weights_to_keras(as_model_weights(self.state.weights), self.eval_model)
             record = {
                 "round": self.state.round,
@@ -205,10 +210,13 @@ class FederationServer:
                 "sampled": len(task.sampled),
                 **weighted_train_metrics(results),
                 **evaluate(self.eval_model, self.eval_data),
-                "seconds": round(time.monotonic() - started, 4),
-                "time": time.time(),
             }
+            evaluated = time.monotonic()
+            record.update(collect_s=round(collected - started, 4), aggregate_s=round(aggregated - collected, 4),
+                          evaluate_s=round(evaluated - aggregated, 4), time=time.time())
             self._checkpoint(record)
+            done = time.monotonic()
+            record.update(checkpoint_s=round(done - evaluated, 4), seconds=round(done - started, 4))
             with open(self.out_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.telemetry.round_done(record["seconds"])

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from services.common.chunking import PayloadError, assemble
 from services.common.codec import CodecError
@@ -30,6 +31,42 @@ STATUS = {
 }
 MAX_METRICS = 32
 MAX_METRIC_NAME = 64
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Federation"].full_name  # tff_k8s.v1.Federation
+
+
+class Malformed:
+    """Stands in for a request message that is not valid protobuf, so the servicer refuses it with
+    INVALID_ARGUMENT (gRPC's own deserializer would answer INTERNAL, as if the server were broken)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(message_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Malformed(f"malformed {message_type.DESCRIPTOR.name} message ({exc})")
+
+    return parse
+
+
+def add_to_server(servicer: FederationServicer, server: grpc.Server) -> None:
+    """Like the generated ``add_FederationServicer_to_server``, with deserializers that let the
+    servicer refuse unparsable messages itself."""
+    handlers = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            servicer.Join, request_deserializer=_lenient(pb.JoinRequest),
+            response_serializer=pb.JoinReply.SerializeToString),
+        "GetTask": grpc.unary_stream_rpc_method_handler(
+            servicer.GetTask, request_deserializer=_lenient(pb.TaskRequest),
+            response_serializer=pb.TaskChunk.SerializeToString),
+        "SubmitResult": grpc.stream_unary_rpc_method_handler(
+            servicer.SubmitResult, request_deserializer=_lenient(pb.ResultChunk),
+            response_serializer=pb.SubmitReply.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 class FederationServicer(pb_grpc.FederationServicer):
@@ -50,12 +87,15 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.max_payload_bytes = max_payload_bytes
         self.poll_s = poll_s
 
-    def _abort(self, context: grpc.ServicerContext, reason: str, message: str) -> None:
+    def _abort(self, context: grpc.ServicerContext, reason: str, message: str) -> NoReturn:
         self.telemetry.reject(reason)
         log.warning("rejected request: %s", message, extra=fields(reason=reason, peer=context.peer()))
         context.abort(STATUS[reason], message)
+        raise AssertionError("grpc's context.abort always raises")
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
+        if isinstance(request, Malformed):
+            self._abort(context, "invalid", request.error)
         try:
             record = self.coordinator.join(request.name)
         except Reject as exc:
@@ -66,6 +106,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         )
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.TaskChunk]:  # noqa: N802
+        if isinstance(request, Malformed):
+            self._abort(context, "invalid", request.error)
         try:
             kind, task = self.coordinator.next_task(request.client_id, self.poll_s)
         except Reject as exc:
@@ -93,6 +135,8 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def SubmitResult(self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext) -> pb.SubmitReply:  # noqa: N802
         first = next(request_iterator, None)
+        if isinstance(first, Malformed):
+            self._abort(context, "invalid", first.error)
         if first is None or first.WhichOneof("part") != "header":
             self._abort(context, "invalid", "a result stream must start with a ResultHeader")
         h = first.header
@@ -119,9 +163,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.SubmitReply(accepted=True, detail=f"round {h.round} result accepted")
 
 
-
 def _data_parts(chunks: Iterator[pb.ResultChunk]) -> Iterator[bytes]:
     for chunk in chunks:
+        if isinstance(chunk, Malformed):
+            raise Reject("invalid", chunk.error)
         if chunk.WhichOneof("part") != "data":
             raise Reject("invalid", "only data chunks may follow the ResultHeader")
         yield chunk.data

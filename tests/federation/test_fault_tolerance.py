@@ -1,0 +1,373 @@
+"""Fault tolerance and transport security, for real: server and client processes on loopback,
+started with the containers' entrypoints, hit with the faults a cluster deals out (kill -9, a
+stalled process, a server restart, SIGTERM, a wrong token) while they train.
+
+Four federations, each shared by several promises (TensorFlow takes ~10-40 s to import per process):
+- TLS + bearer token, 2 clients and one client with a wrong token; it is also the uninterrupted
+  reference run for the server-restart test (same training config and seed);
+- server kill -9 and restart on the same output_dir (2 clients);
+- client kill -9 and a client stalled past the deadline (4 clients, min_results 3);
+- mutual TLS, then SIGTERM to every process mid-training.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from federation_harness import Federation, federation, processes_mentioning, worker_binaries
+
+from services.runner.processes import Child
+
+pytestmark = pytest.mark.slow
+
+AREA = "fault tolerance"
+SECURITY = "transport security"
+REFERENCE_ROUNDS = 6  # the TLS run and the server-restart run train the same 6 rounds (2 clients, seed 0)
+EXIT_TIMEOUT_S = 240  # liveness bound for a federation to finish (TF start-up is slow on 2 cores)
+SIGTERM_EXIT_S = 30  # liveness bound for a clean stop after SIGTERM
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def events(child: Child) -> list[dict[str, Any]]:
+    """The structured (JSON) log lines of a process; TensorFlow's own stderr lines are skipped."""
+    out = []
+    for line in child.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def msgs(child: Child, msg: str) -> list[dict[str, Any]]:
+    return [e for e in events(child) if e.get("msg", "").startswith(msg)]
+
+
+def wait_for(fed: Federation, what: str, predicate: Callable[[], bool], *, may_die: Iterable[Child] = (),
+             timeout: float = EXIT_TIMEOUT_S) -> None:
+    """Poll ``predicate``; fail with every process's log tail on timeout or an unexpected death."""
+    allowed = {id(c) for c in may_die}
+    end = time.monotonic() + timeout
+    while not predicate():
+        dead = [c for c in fed.group.children if c.returncode not in (None, 0) and id(c) not in allowed]
+        if dead or time.monotonic() > end:
+            why = f"{', '.join(c.name for c in dead)} died" if dead else "timed out"
+            logs = "\n".join(f"--- {c.name} (rc={c.returncode})\n{c.log_tail(25)}" for c in fed.group.children)
+            raise AssertionError(f"{why} waiting for {what}\n{logs}")
+        time.sleep(0.2)
+
+
+def wait_exit(fed: Federation, child: Child, timeout: float = EXIT_TIMEOUT_S, may_die: Iterable[Child] = ()) -> int:
+    wait_for(fed, f"{child.name} to exit", lambda: child.returncode is not None,
+             may_die=[child, *may_die], timeout=timeout)
+    return child.returncode  # type: ignore[return-value]
+
+
+def rounds_of(records: list[dict[str, Any]]) -> list[int]:
+    return [r["round"] for r in records]
+
+
+def client_id(server: Child, name: str) -> str:
+    ids = {e["client_id"] for e in msgs(server, "client joined") if e.get("client") == name}
+    assert len(ids) == 1, f"{name} joined as {ids}"
+    return ids.pop()
+
+
+def accepted_rounds(server: Child, cid: str) -> set[int]:
+    return {e["round"] for e in msgs(server, "result accepted") if e.get("client_id") == cid}
+
+
+# ---- TLS material (the `cryptography` package is in the locked environment) ------------------------
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_pki(directory: Path) -> Pki:
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> Any:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key: Any, path: Path) -> None:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    def cert(subject: str, key: Any, issuer: Any, issuer_key: Any, *, ca: bool, usage: Any = None,
+             sans: list[Any] | None = None) -> Any:
+        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if usage is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("tff-k8s test CA", ca_key, name("tff-k8s test CA"), ca_key, ca=True)
+    pki = Pki(*(directory / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")))
+    pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    for who, cert_path, key_path, usage, sans in (
+        ("tff-server", pki.server_cert, pki.server_key, ExtendedKeyUsageOID.SERVER_AUTH,
+         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+        ("tff-client", pki.client_cert, pki.client_key, ExtendedKeyUsageOID.CLIENT_AUTH, None),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_key(key, key_path)
+        cert_path.write_bytes(cert(who, key, ca_cert.subject, ca_key, ca=False, usage=usage, sans=sans)
+                              .public_bytes(serialization.Encoding.PEM))
+    return pki
+
+
+# ---- 1. TLS + token (and the uninterrupted reference run) ---------------------------------------
+@dataclass
+class TlsRun:
+    records: list[dict[str, Any]]
+    server_events: list[dict[str, Any]]
+    good_exits: list[int]
+    server_exit: int
+    bad_exit: int
+    bad_events: list[dict[str, Any]]
+    bad_log: str
+
+
+@pytest.fixture(scope="module")
+def tls_run(tmp_path_factory: pytest.TempPathFactory) -> TlsRun:
+    """Server with TLS and a bearer token; two clients with the right token train 6 rounds; a third
+    with a wrong token is refused."""
+    tmp = tmp_path_factory.mktemp("tls-token")
+    pki = make_pki(tmp / "tls")
+    (tmp / "token").write_text("the-right-token\n")
+    (tmp / "wrong-token").write_text("not-the-right-token\n")
+    settings = {
+        "security.tls": True, "security.ca_file": str(pki.ca), "security.cert_file": str(pki.server_cert),
+        "security.key_file": str(pki.server_key), "security.token_file": str(tmp / "token"),
+    }
+    with federation(tmp, clients=2, rounds=REFERENCE_ROUNDS, **settings) as fed:
+        server = fed.start_server()
+        good = [fed.start_client(i) for i in range(2)]
+        bad = fed.start_client(2, f"security.token_file={tmp / 'wrong-token'}")
+        bad_exit = wait_exit(fed, bad)
+        server_exit = wait_exit(fed, server, may_die=[bad])
+        good_exits = [wait_exit(fed, c, may_die=[bad]) for c in good]
+        return TlsRun(fed.records(), events(server), good_exits, server_exit, bad_exit, events(bad),
+                      fed.log_text(bad))
+
+
+def test_tls_federation_trains_end_to_end(tls_run: TlsRun, faults) -> None:
+    assert tls_run.server_exit == 0 and tls_run.good_exits == [0, 0]
+    assert rounds_of(tls_run.records) == list(range(1, REFERENCE_ROUNDS + 1))
+    assert all(r["clients"] == 2 for r in tls_run.records)
+    listening = [e for e in tls_run.server_events if e.get("msg") == "server listening"]
+    assert listening and listening[0]["tls"] is True and listening[0]["auth"] is True
+    faults.record(SECURITY, "TLS + bearer token", "server with a CA-signed certificate for 127.0.0.1 and a token; "
+                  "2 clients verify it against the CA and present the token", "training completes",
+                  f"all {REFERENCE_ROUNDS} rounds applied with 2 clients each over TLS; server and clients exit 0")
+
+
+def test_wrong_token_is_refused(tls_run: TlsRun, faults) -> None:
+    assert tls_run.bad_exit == 2, tls_run.bad_log[-3000:]
+    errors = [e for e in tls_run.bad_events if e.get("level") == "error"]
+    assert errors and "UNAUTHENTICATED" in errors[-1]["msg"] and "security.token_file" in errors[-1]["msg"]
+    assert "Traceback" not in tls_run.bad_log
+    refusals = [e for e in tls_run.server_events if e.get("msg", "").startswith("refused unauthenticated call")]
+    assert refusals and refusals[0]["msg"].endswith("/Join")
+    # The refused client never joined, and the good clients trained undisturbed.
+    assert {e.get("client") for e in tls_run.server_events if e.get("msg") == "client joined"} == {"client-0", "client-1"}
+    faults.record(SECURITY, "wrong bearer token", "a client presents another token than the server's "
+                  "security.token_file", "UNAUTHENTICATED; client exits 2 with a clear message; refusal logged",
+                  "Join refused with UNAUTHENTICATED; the client logs it (no traceback) and exits 2; the server logs "
+                  "'refused unauthenticated call to /tff_k8s.v1.Federation/Join'; the others train on")
+
+
+# ---- 2. server kill -9 and restart ----------------------------------------------------------------
+def test_server_killed_and_restarted_resumes(tmp_path: Path, tls_run: TlsRun, faults) -> None:
+    """Same training config and seed as the TLS run (the uninterrupted reference)."""
+    with federation(tmp_path, clients=2, rounds=REFERENCE_ROUNDS) as fed:
+        first = fed.start_server()
+        clients = [fed.start_client(i) for i in range(2)]
+        wait_for(fed, "two rounds", lambda: len(fed.records()) >= 2)
+        first.signal(signal.SIGKILL)  # the whole group: TFF's worker_binary too
+        assert fed.wait_exit(first, 30) == -signal.SIGKILL
+        at_kill = rounds_of(fed.records())
+        assert len(at_kill) < REFERENCE_ROUNDS, "training finished before the kill: nothing was tested"
+        second = fed.start_server("server-restarted")
+        assert wait_exit(fed, second, may_die=[first]) == 0
+        assert [wait_exit(fed, c, may_die=[first]) for c in clients] == [0, 0]
+        records = fed.records()
+        resumed = msgs(second, "resumed from checkpoint")
+        applied = [e["round"] for s in (first, second) for e in msgs(s, "round applied")]
+        rejoined = [c for c in clients if msgs(c, "rejoined")]
+    assert rounds_of(records) == list(range(1, REFERENCE_ROUNDS + 1))  # every round once, none twice
+    assert len(applied) == len(set(applied)), f"a round was applied twice: {applied}"
+    assert resumed and resumed[0]["round"] >= at_kill[-1]
+    assert rejoined == clients  # both clients outlived the server and joined the new one
+    ours, reference = records[-1]["eval_accuracy"], tls_run.records[-1]["eval_accuracy"]
+    assert abs(ours - reference) <= 0.01, (ours, reference)
+    faults.record(AREA, "server kill -9 mid-training, restarted on the same output_dir",
+                  f"SIGKILL to the server's process group after >= 2 of {REFERENCE_ROUNDS} rounds; a new server "
+                  "started on the same checkpoint directory", "resumes; rounds 1..N once each; final accuracy within "
+                  "1 point of an uninterrupted run",
+                  f"resumed from the checkpoint; rounds 1..{REFERENCE_ROUNDS} each applied once; clients reconnected "
+                  "with backoff and rejoined; final held-out accuracy within 1 point of the uninterrupted (TLS) run")
+
+
+# ---- 3. client kill -9 and a client stalled past the deadline ---------------------------------------
+def worker_binary_of(child: Child) -> int:
+    """The pid of the TFF worker_binary a client process started (its training engine)."""
+    for pid in worker_binaries():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == child.process.pid:
+            return pid
+    raise AssertionError(f"{child.name} has no TFF worker_binary")
+
+
+def first_round_without(records: Callable[[], list[dict[str, Any]]], after: int) -> Callable[[], bool]:
+    """Until a round after ``after`` is applied with 3 of the 4 clients."""
+    return lambda: any(r["round"] > after and r["clients"] == 3 for r in records())
+
+
+def test_client_killed_and_client_stalled(tmp_path: Path, faults) -> None:
+    """4 clients, all sampled each round, min_results 3. client-0 is killed with SIGKILL (and later
+    restarted under the same name, as kubelet restarts a container); client-1's training is frozen
+    (SIGSTOP to its TFF worker process) until the round it was training for has closed."""
+    rounds, deadline = 30, 10.0
+    with federation(tmp_path, clients=4, rounds=rounds, **{
+        "training.min_results": 3, "training.round_deadline_s": deadline,
+    }) as fed:
+        server = fed.start_server()
+        clients = [fed.start_client(i) for i in range(4)]
+        killed, stalled = clients[0], clients[1]
+        wait_for(fed, "the first round", lambda: len(fed.records()) >= 1)
+        killed_id = client_id(server, "client-0")
+        wait_for(fed, "a result from client-0", lambda: bool(accepted_rounds(server, killed_id)))
+
+        killed.signal(signal.SIGKILL)  # the whole process group
+        assert fed.wait_exit(killed, 30) == -signal.SIGKILL
+        pre_kill = max(accepted_rounds(server, killed_id), default=0)
+        wait_for(fed, "a round without client-0", first_round_without(fed.records, pre_kill), may_die=[killed])
+        restarted = fed.start_client(0)
+        wait_for(fed, "client-0 to rejoin and train", lambda: max(accepted_rounds(server, killed_id), default=0) > pre_kill + 1,
+                 may_die=[killed])
+
+        stalled_id = client_id(server, "client-1")
+        worker = worker_binary_of(stalled)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            pre_stall = max(accepted_rounds(server, stalled_id), default=0)
+            wait_for(fed, "a round without client-1", first_round_without(fed.records, pre_stall),
+                     may_die=[killed])
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        exits = {c.name: wait_exit(fed, c, may_die=[killed]) for c in [server, restarted, *clients[1:]]}
+        records = fed.records()
+        stalled_events = events(stalled)
+        server_events = events(server)
+
+    by_round = {r["round"]: r for r in records}
+    killed_rounds = accepted_rounds_from(server_events, killed_id)
+    stalled_rounds = accepted_rounds_from(server_events, stalled_id)
+    kill_round = min(r for r in by_round if r > pre_kill and r not in killed_rounds)
+    stall_round = min(r for r in by_round if r > pre_stall and r not in stalled_rounds)
+    assert exits == {"server": 0, "client-0": 0, "client-1": 0, "client-2": 0, "client-3": 0}
+    assert rounds_of(records) == list(range(1, rounds + 1))  # finished; no round applied twice
+    assert (by_round[kill_round]["clients"], by_round[kill_round]["sampled"]) == (3, 4)
+    assert max(killed_rounds) > kill_round  # the restarted client-0 trained again
+    assert (by_round[stall_round]["clients"], by_round[stall_round]["sampled"]) == (3, 4)
+    # Once thawed, client-1 finished its old task; the server refused the result as stale.
+    late = [e for e in stalled_events if e.get("msg") == "result not used"]
+    assert late and late[0]["round"] == stall_round and "not open" in late[0]["why"], stalled_events[-5:]
+    stale = [e for e in server_events if e.get("msg", "").startswith("rejected request") and e.get("reason") == "stale"]
+    assert any(f"round {stall_round} " in e["msg"] for e in stale), stale
+    assert max(stalled_rounds) > stall_round  # and it trained later rounds
+    faults.record(AREA, "client kill -9 mid-training", "SIGKILL to one of 4 clients' process group "
+                  f"(min_results 3, round_deadline_s {deadline:g}); later restarted under the same name",
+                  "the round completes with the other 3; training finishes; no round twice",
+                  "that round was applied at its deadline with 3 of 4 sampled clients; the restarted client rejoined "
+                  f"and trained; all {rounds} rounds applied once each; every live process exited 0")
+    faults.record(AREA, "client stalled past the deadline", "SIGSTOP to a client's TFF worker process (its training) "
+                  "during a round; SIGCONT once a round was applied without it",
+                  "excluded from that round; late result refused as stale (FAILED_PRECONDITION); client does not crash",
+                  "that round was applied with 3 of 4 clients; the late result was refused with FAILED_PRECONDITION "
+                  "('not open (stale or replayed)'); the client logged it, trained later rounds and exited 0")
+
+
+def accepted_rounds_from(server_events: list[dict[str, Any]], cid: str) -> set[int]:
+    return {e["round"] for e in server_events if e.get("msg") == "result accepted" and e.get("client_id") == cid}
+
+
+# ---- 4. mutual TLS, a dead TFF worker, then SIGTERM everything mid-training ------------------------
+def test_mutual_tls_then_sigterm_stops_everything_cleanly(tmp_path: Path, faults) -> None:
+    """Three clients train over mutual TLS. client-2's TFF worker process is killed: the client must
+    fail loudly (TFF alone would retry forever). Then SIGTERM to everyone else mid-training."""
+    before = worker_binaries()
+    pki = make_pki(tmp_path / "tls")
+    settings = {
+        "security.tls": True, "security.mutual_tls": True, "security.ca_file": str(pki.ca),
+        "security.cert_file": str(pki.server_cert), "security.key_file": str(pki.server_key),
+    }
+    client_tls = (f"security.cert_file={pki.client_cert}", f"security.key_file={pki.client_key}")
+    with federation(tmp_path, clients=3, rounds=100_000, **settings) as fed:
+        server = fed.start_server()
+        clients = [fed.start_client(i, *client_tls) for i in range(3)]
+        wait_for(fed, "two rounds over mutual TLS", lambda: len(fed.records()) >= 2)
+
+        broken = clients[2]
+        os.kill(worker_binary_of(broken), signal.SIGKILL)
+        broken_exit = wait_exit(fed, broken, timeout=SIGTERM_EXIT_S)
+        broken_log = msgs(broken, "TFF worker_binary")
+
+        everyone = [server, *clients[:2]]
+        for child in everyone:  # as tini -g forwards a Pod's SIGTERM to the process group
+            child.signal(signal.SIGTERM)
+        exits = {c.name: wait_exit(fed, c, timeout=SIGTERM_EXIT_S, may_die=[broken]) for c in everyone}
+        records = fed.records()
+        logs = {c.name: msgs(c, "signal SIGTERM") for c in everyone}
+        from services.server import checkpoint
+
+        ckpt = checkpoint.load(fed.out_dir)
+    assert broken_exit == 1
+    assert broken_log and broken_log[-1]["level"] == "critical" and "died with signal 9" in broken_log[-1]["msg"]
+    assert exits == {"server": 0, "client-0": 0, "client-1": 0}
+    assert all(logs.values()), logs
+    assert processes_mentioning(str(tmp_path)) == []
+    assert worker_binaries() <= before
+    # Stopped between rounds or mid-round: whatever was applied is checkpointed, nothing half-applied.
+    assert rounds_of(records) == list(range(1, len(records) + 1)) and len(records) >= 2
+    assert ckpt is not None and ckpt.header["round"] == len(records)
+    faults.record(SECURITY, "mutual TLS", "server requires client certificates signed by the CA; 3 clients present "
+                  "one", "training runs", "rounds applied over mutual TLS with all 3 clients")
+    faults.record(AREA, "TFF worker process of a client killed", "SIGKILL to a training client's TFF worker_binary",
+                  "the client fails loudly instead of hanging (TFF retries a dead worker forever)",
+                  "the client logged 'TFF worker_binary ... died with signal 9; exiting' and exited 1")
+    faults.record(AREA, "SIGTERM mid-training", "SIGTERM to the server's and the clients' process groups at once "
+                  "(as tini -g forwards it)", f"all exit 0 (waited up to {SIGTERM_EXIT_S} s); no process left; resumable",
+                  "server and clients logged the signal and exited 0; no process or TFF worker_binary left; "
+                  "metrics and checkpoint agree on the last applied round")
