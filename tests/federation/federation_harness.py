@@ -80,7 +80,7 @@ class Federation:
         end = time.monotonic() + timeout
         while not predicate():
             dead = [c for c in self.group.children if c.returncode not in (None, 0)]
-            if time.monotonic() > end or (dead and not getattr(self, "_expect_deaths", False)):
+            if time.monotonic() > end or dead:
                 logs = "\n".join(f"--- {c.name} (rc={c.returncode})\n{c.log_tail(15)}" for c in self.group.children)
                 raise AssertionError(f"timed out or a process died waiting for {what}\n{logs}")
             time.sleep(0.2)
