@@ -5,9 +5,11 @@ The model is the product's own MLP with its hidden layer sized so the weights ar
 of float32; each client's local work is the product's TFF client work (one SGD step on a
 one-example `.npz` data set: trivial, but real TFF). Up to 4 clients run as one process each; more
 run as 4 simulator processes (`python -m services.client.simulator`) with several sessions each,
-since a TensorFlow process per client does not fit 2 cores. Per round the server measures its
-round (open -> aggregate -> finalize -> evaluate -> checkpoint) and each client its local work;
-both come from the server's metrics.jsonl. Server peak RSS sums the server and its TFF worker.
+since a TensorFlow process per client does not fit 2 cores. A round's time is the period from its
+start to the next round's start (the server evaluates and checkpoints each round on a background
+thread while the next one runs, so the period is what a round really costs); each client's local
+work comes from the server's metrics.jsonl. Server peak RSS sums the server and any child (a TFF
+worker_binary, with the robust and dp aggregators only).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _config(work: Path, size_mb: float, clients: int, rounds: int) -> Path:
     np.savez(data / "one.npz", x=np.full((1, NUM_FEATURES), 0.5, np.float32), y=np.zeros(1, np.int64))
     port, metrics_port = procs.free_ports(2)
     cfg = load_config(None, environ={}, overrides={
-        "training.rounds": rounds + 1,  # + the warm-up round
+        "training.rounds": rounds + 2,  # + the warm-up round, + one whose start ends the last period
         "training.min_clients": clients,
         "training.clients_per_round": clients,
         "training.local_epochs": 1,
@@ -71,6 +73,13 @@ def _records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _tx_between(samples: list[tuple[float, int]], start: float, end: float) -> int:
+    """Loopback bytes sent between two wall times, from counter samples taken every ~10 ms."""
+    times = [t for t, _ in samples]
+    counts = [c for _, c in samples]
+    return int(np.interp(end, times, counts) - np.interp(start, times, counts))
+
+
 def run(size_mb: float, clients: int, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp, procs.Owned() as owned:
         work = Path(tmp)
@@ -88,29 +97,30 @@ def run(size_mb: float, clients: int, rounds: int) -> dict[str, Any]:
                        "--name-prefix", f"bench-{p}"]
             owned.start([sys.executable, *cmd], log=logs / f"client-{p}.log")
         out = work / "out"
+        tx: list[tuple[float, int]] = []  # (wall time, loopback tx counter), read at round boundaries
         with procs.TreeRssPeak(server.pid) as rss:
-            while len(_records(out)) < 1:  # the warm-up round
-                if server.poll() is not None:
-                    raise RuntimeError(f"server exited with {server.returncode}: {(logs / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.05)
-            tx_start = procs.loopback_tx_bytes()
-            code = server.wait(timeout=3600)
-            tx_bytes = procs.loopback_tx_bytes() - tx_start
+            deadline = time.monotonic() + 3600
+            while server.poll() is None and time.monotonic() < deadline:
+                tx.append((time.time(), procs.loopback_tx_bytes()))
+                time.sleep(0.01)
+            code = server.poll()
         records = _records(out)
-        if code != 0 or len(records) != rounds + 1:
+        if code != 0 or len(records) != rounds + 2:
             raise RuntimeError(f"server exited with {code} after {len(records)} rounds: "
                                f"{(logs / 'server.log').read_text()[-3000:]}")
-        measured = records[1:]
+        measured = records[1:-1]
+        periods = [b["started_at"] - a["started_at"] for a, b in zip(records[1:], records[2:], strict=False)]
         phases = {k: statistics.median(r[k] for r in measured)
                   for k in ("collect_s", "aggregate_s", "evaluate_s", "checkpoint_s")}
         return make_record(
-            "ours", size_mb, clients, [r["seconds"] for r in measured],
-            first_round_s=records[0]["seconds"],
+            "ours", size_mb, clients, periods,
+            first_round_s=records[1]["started_at"] - records[0]["started_at"],
             client_work_s=[r["client_seconds_max"] for r in measured],
-            loopback_bytes=[tx_bytes // rounds] * rounds,
+            loopback_bytes=[_tx_between(tx, a["started_at"], b["started_at"])
+                            for a, b in zip(records[1:], records[2:], strict=False)],
             server_peak_rss_mb=rss.peak_mb,
             notes=f"hidden_units={hidden_units(size_mb)}; {processes} client processes; "
-                  "round = open -> aggregate -> finalize -> evaluate -> checkpoint",
+                  "round = start of one round to the start of the next",
             server_phases_s=phases,
         )
 

@@ -40,14 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     from services.client.app import FederationClient  # heavy: TensorFlow + TFF
     from services.client.session import Refused, ServerGone, Stopped
-    from services.common.tff_runtime import TffRuntime
+    from services.common.tensors import LayoutError
 
     try:
-        with TffRuntime(cfg.server.tff_startup_timeout_s):
-            client = FederationClient(cfg)
-            client.run()
+        client = FederationClient(cfg)
+        client.run()
         return 0
-    except (SecurityError, Refused) as exc:
+    except (SecurityError, Refused, LayoutError) as exc:
         log.error(str(exc))
         return 2
     except Stopped:

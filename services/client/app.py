@@ -9,7 +9,7 @@ import socket
 import grpc
 
 from services.client.session import Joined, Session
-from services.client.trainer import ClientTrainer
+from services.client.trainer import ClientTrainer, ClientUpdate
 from services.common.config import FederationConfig
 from services.common.data import Arrays, digits_shard, load_npz_dir
 from services.common.logs import fields
@@ -29,9 +29,12 @@ def client_data(cfg: FederationConfig, joined: Joined) -> Arrays:
 
 
 class FederationClient:
-    def __init__(self, cfg: FederationConfig, name: str | None = None, task: Task | None = None) -> None:
+    def __init__(self, cfg: FederationConfig, name: str | None = None, task: Task | None = None,
+                 update: ClientUpdate | None = None) -> None:
         self.cfg = cfg
-        self.task = task  # shared by the simulator's sessions; built per trainer otherwise
+        # Shared by the simulator's sessions; built once for this client otherwise.
+        self.task = task or Task(cfg.training, cfg.model)
+        self.update = update or ClientUpdate(self.task)
         self.name = name or cfg.client.name or socket.gethostname()
         self.session = Session(cfg, self.name)
         self.rounds_trained = 0
@@ -39,7 +42,7 @@ class FederationClient:
     def run(self) -> None:
         """Returns when the server says training is done; raises Stopped / ServerGone otherwise."""
         joined = self.session.join()
-        trainer = ClientTrainer(self.cfg, client_data(self.cfg, joined), self.task)
+        trainer = ClientTrainer(self.cfg, client_data(self.cfg, joined), self.task, self.update)
         log.info("joined", extra=fields(client=self.name, client_id=joined.client_id, shard=joined.shard_index))
         while True:
             try:
@@ -54,9 +57,10 @@ class FederationClient:
                 return
             if header.kind != pb.TaskHeader.TRAIN:
                 continue
-            result, metrics = trainer.train(weights)
+            result, metrics = trainer.train(header.layout, weights)
+            del weights  # the model buffer: free it before the upload
             try:
-                self.session.submit(joined.client_id, header, result, metrics)
+                self.session.submit(joined.client_id, header, result, trainer.result_layout.fingerprint, metrics)
                 self.rounds_trained += 1
                 log.info("result sent", extra=fields(round=header.round, **metrics))
             except grpc.RpcError as err:
@@ -71,6 +75,6 @@ class FederationClient:
         """The server restarted and forgot this client id: join again (same name, same shard)."""
         again = self.session.join()
         if again.shard_index != joined.shard_index or again.num_shards != joined.num_shards:
-            trainer = ClientTrainer(self.cfg, client_data(self.cfg, again), self.task)
+            trainer = ClientTrainer(self.cfg, client_data(self.cfg, again), self.task, self.update)
         log.info("rejoined", extra=fields(client_id=again.client_id, shard=again.shard_index))
         return again, trainer

@@ -3,7 +3,7 @@
     python -m services.client.simulator --config F --sessions 50 --name-prefix sim-0
 
 Each session is a full client (its own gRPC session, join, long polls, results) with its own
-name and shard; they share the process's TFF runtime and client work, and train in turn. Exits 0
+name and shard; they share the process's model and client work, and train in turn. Exits 0
 when every session was told that training is done."""
 
 from __future__ import annotations
@@ -38,34 +38,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from services.client.app import FederationClient  # heavy: TensorFlow + TFF
+    from services.client.trainer import ClientUpdate
     from services.common.task import Task
-    from services.common.tff_runtime import TffRuntime
 
-    with TffRuntime(cfg.server.tff_startup_timeout_s):
-        task = Task(cfg.training, cfg.model)
-        clients = [FederationClient(cfg, f"{args.name_prefix}-{i}", task) for i in range(args.sessions)]
-        failures: list[BaseException] = []
+    task = Task(cfg.training, cfg.model)
+    update = ClientUpdate(task)  # one model for all sessions: they train in turn
+    clients = [FederationClient(cfg, f"{args.name_prefix}-{i}", task, update) for i in range(args.sessions)]
+    failures: list[BaseException] = []
 
-        def run(client: FederationClient) -> None:
-            try:
-                client.run()
-            except BaseException as exc:  # reported below; one failed session fails the process
-                failures.append(exc)
-                log.error("session %s failed: %s", client.name, exc)
+    def run(client: FederationClient) -> None:
+        try:
+            client.run()
+        except BaseException as exc:  # reported below; one failed session fails the process
+            failures.append(exc)
+            log.error("session %s failed: %s", client.name, exc)
 
-        def on_signal(signum: int, _frame: object) -> None:
-            for client in clients:
-                client.session.stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        threads = [threading.Thread(target=run, args=(c,), name=c.name, daemon=True) for c in clients]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    def on_signal(signum: int, _frame: object) -> None:
         for client in clients:
-            client.session.close()
+            client.session.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threads = [threading.Thread(target=run, args=(c,), name=c.name, daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for client in clients:
+        client.session.close()
     from services.client.session import Stopped
 
     return 0 if all(isinstance(f, Stopped) for f in failures) else 1

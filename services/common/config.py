@@ -45,6 +45,11 @@ class ServerSettings(_Strict):
     max_payload_bytes: int = Field(
         1024 * MiB, ge=1024, description="Largest model update a client may send, in bytes."
     )
+    upload_slots: int = Field(
+        2, ge=1, le=64,
+        description="Client results the server receives at once; each is held whole until it is checked and "
+        "folded in, so the server's peak memory is about (2 + upload_slots) x the model size (mean aggregator).",
+    )
     tff_startup_timeout_s: float = Field(
         120.0, gt=0, description="How long the TFF runtime may take to start before failing loudly."
     )

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from services.common.config import ConfigError, config_from_argv
 from services.common.logs import setup
@@ -39,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from services.common.tff_runtime import TffRuntime  # heavy: TensorFlow + TFF
     from services.server.app import FederationServer
 
-    with TffRuntime(cfg.server.tff_startup_timeout_s):
+    # Only the robust and dp aggregators run TFF computations; the mean path runs in-process.
+    runtime = TffRuntime(cfg.server.tff_startup_timeout_s) if cfg.training.aggregator != "mean" else nullcontext()
+    with runtime:
         server = FederationServer(cfg)
         if stopping:
             return 0

@@ -2,8 +2,10 @@
 
 Round loop: wait for ``min_clients`` -> sample ``clients_per_round`` -> send the global model ->
 collect results until the deadline -> if at least ``min_results`` arrived, aggregate + finalize
-(TFF), evaluate on held-out data, checkpoint atomically, append to ``metrics.jsonl``; otherwise
-retry the round with a new sample (never half-applied). At the end: export ``model.keras``.
+(TFF) and hand the new state to the writer thread, which evaluates it on held-out data, checkpoints
+it atomically and then appends the round's line to ``metrics.jsonl`` while the next round runs;
+otherwise retry the round with a new sample (never half-applied). At the end: flush, export
+``model.keras``.
 """
 
 from __future__ import annotations
@@ -21,18 +23,23 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import codec
-from services.common.chunking import Payload
 from services.common.config import FederationConfig
 from services.common.data import load_digits_split
 from services.common.logs import fields
 from services.common.task import Task, evaluate, weights_to_keras
+from services.common.tff_runtime import use_in_this_thread
 from services.common.transport import SERVER_OPTIONS, TokenAuthInterceptor, read_token, server_credentials
 from services.server import checkpoint
-from services.server.algorithm import ServerAlgorithm, ServerState, WeightedMeanFold, as_model_weights
+from services.server.algorithm import (
+    ServerAlgorithm,
+    ServerState,
+    WeightedMeanFold,
+    as_model_weights,
+    decode_result,
+)
 from services.server.coordinator import Coordinator, Result
 from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server
-from services.server.telemetry import Telemetry
+from services.server.telemetry import Telemetry, memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,8 @@ class FederationServer:
         self.stop_event = threading.Event()
         training = cfg.training
         self.task = Task(training, cfg.model)
-        self.algorithm = ServerAlgorithm(self.task, training)
+        # Only the robust and dp aggregators run TFF computations (the caller starts the runtime).
+        self.algorithm = ServerAlgorithm(self.task, training, run_tff=use_in_this_thread)
         _, self.eval_data = load_digits_split(cfg.data.eval_fraction, training.seed)
         self.eval_model = self.task.keras_model()
         self.state, rng, assignments = self._restore_or_init()
@@ -83,15 +91,18 @@ class FederationServer:
             liveness_s=3 * POLL_S,
         )
         self.telemetry = Telemetry(connected=lambda: len(self.coordinator.live_clients()))
-        result_type = self.task.result_type
+        result_layout = self.algorithm.result_layout
         self.servicer = FederationServicer(
             self.coordinator,
-            lambda data: codec.decode(data, result_type),
+            result_layout,
+            lambda data: decode_result(result_layout, data),
             self.telemetry,
             chunk_bytes=cfg.server.chunk_bytes,
             max_payload_bytes=cfg.server.max_payload_bytes,
+            upload_slots=cfg.server.upload_slots,
             poll_s=POLL_S,
         )
+        self.writer = checkpoint.Writer(self.out_dir)
         self.health = health.HealthServicer()
         self.grpc_server: grpc.Server | None = None
         self.http_server: Any = None
@@ -108,7 +119,7 @@ class FederationServer:
                 f"{self.out_dir}/{checkpoint.CHECKPOINT_NAME} was written with other training settings; "
                 "point server.output_dir at an empty directory or restore the settings"
             )
-        state = self.algorithm.decode_state(int(header["round"]), ckpt.state)
+        state = self.algorithm.decode_state(int(header["round"]), ckpt.parts)
         rng.bit_generator.state = header["rng"]
         self._reconcile_metrics(state.round, header.get("record"))
         log.info("resumed from checkpoint", extra=fields(round=state.round))
@@ -126,15 +137,31 @@ class FederationServer:
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(path)
 
-    def _checkpoint(self, record: dict[str, Any]) -> None:
+    def _record(self, state: ServerState, record: dict[str, Any]) -> None:
+        """Hand round ``state`` to the writer thread, which evaluates it on the held-out data,
+        checkpoints it and then appends its metrics line, while the next round runs."""
         header = {
             "record": record,
-            "round": self.state.round,
+            "round": state.round,
             "rng": self.coordinator.rng.bit_generator.state,
             "assignments": self.coordinator.assignments(),
             "fingerprint": config_fingerprint(self.cfg),
         }
-        checkpoint.save(self.out_dir, checkpoint.Checkpoint(header, self.algorithm.encode_state(self.state)))
+
+        def evaluated_checkpoint() -> checkpoint.Checkpoint:
+            started = time.monotonic()
+            weights_to_keras(as_model_weights(self.task, state.weights), self.eval_model)
+            record.update(evaluate(self.eval_model, self.eval_data))
+            record["evaluate_s"] = round(time.monotonic() - started, 4)
+            return checkpoint.Checkpoint(header, self.algorithm.encode_state(state))
+
+        def then(seconds: float) -> None:
+            record["checkpoint_s"] = round(seconds, 4)
+            with open(self.out_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log.info("round recorded", extra=fields(**{k: v for k, v in record.items() if k not in ("time", "started_at")}))
+
+        self.writer.submit(evaluated_checkpoint, then)
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -169,6 +196,7 @@ class FederationServer:
         self.coordinator.stop()
 
     def shutdown(self) -> None:
+        self.writer.close()
         self.health.enter_graceful_shutdown()
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=2).wait(5)
@@ -178,16 +206,27 @@ class FederationServer:
     # ---- the round loop ---------------------------------------------------------------------
     def run(self) -> bool:
         """Run rounds until ``training.rounds`` are applied (True) or a stop (False)."""
+        try:
+            finished = self._rounds()
+        finally:
+            self.writer.flush()  # every applied round durable (and in metrics.jsonl) before leaving
+        if finished:
+            self.export_model()
+            self.coordinator.finish()
+        return finished
+
+    def _rounds(self) -> bool:
         training = self.cfg.training
         required = training.required_results
         while self.state.round < training.rounds:
             if not self.coordinator.wait_for_clients():
                 return False
-            started = time.monotonic()
-            payload = Payload.of(self.algorithm.encode_weights(self.state.weights))
+            started, started_at = time.monotonic(), time.time()
             round_number = self.state.round + 1
             fold = WeightedMeanFold() if self.algorithm.streaming else None
-            task = self.coordinator.open_round(round_number, payload, fold.add if fold else None)
+            task = self.coordinator.open_round(
+                round_number, self.state.payload, self.algorithm.weights_layout.fingerprint,
+                fold.add if fold else None)
             log.info("round started", extra=fields(round=round_number, sampled=len(task.sampled)))
             results = self.coordinator.wait_round(task)
             if self.stop_event.is_set():
@@ -203,32 +242,27 @@ class FederationServer:
             else:
                 self.state = self.algorithm.apply(self.state, [results[cid].value for cid in sorted(results)])
             aggregated = time.monotonic()
-            weights_to_keras(as_model_weights(self.state.weights), self.eval_model)
             record = {
                 "round": self.state.round,
                 "clients": len(results),
                 "sampled": len(task.sampled),
                 **weighted_train_metrics(results),
-                **evaluate(self.eval_model, self.eval_data),
+                "collect_s": round(collected - started, 4),
+                "aggregate_s": round(aggregated - collected, 4),
+                "seconds": round(aggregated - started, 4),
+                **memory_mb(),
+                "started_at": started_at,
+                "time": time.time(),
             }
-            evaluated = time.monotonic()
-            record.update(collect_s=round(collected - started, 4), aggregate_s=round(aggregated - collected, 4),
-                          evaluate_s=round(evaluated - aggregated, 4), time=time.time())
-            self._checkpoint(record)
-            done = time.monotonic()
-            record.update(checkpoint_s=round(done - evaluated, 4), seconds=round(done - started, 4))
-            with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            log.info("round applied", extra=fields(**{k: v for k, v in record.items() if k not in ("time", "started_at")}))
+            self._record(self.state, dict(record))
             self.telemetry.round_done(record["seconds"])
-            log.info("round applied", extra=fields(**{k: v for k, v in record.items() if k != "time"}))
-        self.export_model()
-        self.coordinator.finish()
         return True
 
     def export_model(self) -> Path:
         path = self.out_dir / MODEL_FILE
         tmp = self.out_dir / f".tmp-{MODEL_FILE}"
-        weights_to_keras(as_model_weights(self.state.weights), self.eval_model).save(tmp)
+        weights_to_keras(as_model_weights(self.task, self.state.weights), self.eval_model).save(tmp)
         tmp.replace(path)
         log.info("model exported", extra=fields(path=str(path), round=self.state.round))
         return path

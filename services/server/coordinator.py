@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from services.common.chunking import Payload
-
 MAX_NAME = 253
 
 
@@ -48,7 +46,8 @@ class Result:
 class RoundTask:
     round: int
     task_id: str
-    payload: Payload
+    payload: bytes | memoryview  # the global model in its wire layout
+    layout: str  # the fingerprint of that layout
     sampled: frozenset[str]
     deadline: float
     results: dict[str, Result] = field(default_factory=dict)
@@ -166,7 +165,7 @@ class Coordinator:
                 self._cv.wait(poll_s)
             return not self._stopped
 
-    def open_round(self, round_number: int, payload: Payload,
+    def open_round(self, round_number: int, payload: bytes | memoryview, layout: str,
                    fold: Callable[[Any], None] | None = None) -> RoundTask:
         with self._cv:
             # By name, not by the random ids: the same seed samples the same clients on every run.
@@ -174,7 +173,7 @@ class Coordinator:
             count = min(self.clients_per_round, len(live))
             sampled = frozenset(self.rng.choice(live, size=count, replace=False).tolist()) if count else frozenset()
             self._task = RoundTask(
-                round_number, secrets.token_hex(8), payload, sampled, self.clock() + self.round_deadline_s,
+                round_number, secrets.token_hex(8), payload, layout, sampled, self.clock() + self.round_deadline_s,
                 fold=fold,
             )
             self._cv.notify_all()

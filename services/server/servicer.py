@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.common.chunking import PayloadError, assemble
-from services.common.codec import CodecError
+from services.common.chunking import PayloadError, assemble, check_size, data_messages, data_of
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
+from services.common.tensors import Layout, LayoutError
 from services.server.coordinator import Coordinator, Reject, Result, TaskKind
-from services.server.telemetry import Telemetry
+from services.server.telemetry import Telemetry, memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,22 @@ def _lenient(message_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+def _lenient_chunk(message_type: Any) -> Callable[[bytes], Any]:
+    """A data chunk as a view of its bytes (no protobuf copy), anything else as :func:`_lenient`."""
+    parse = _lenient(message_type)
+
+    def read(data: bytes) -> Any:
+        view = data_of(data)
+        return view if view is not None else parse(data)
+
+    return read
+
+
+def _serialize(message: Any) -> bytes:
+    """Data chunks arrive already serialized (:func:`data_messages`); headers are messages."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 def add_to_server(servicer: FederationServicer, server: grpc.Server) -> None:
     """Like the generated ``add_FederationServicer_to_server``, with deserializers that let the
     servicer refuse unparsable messages itself."""
@@ -61,9 +78,9 @@ def add_to_server(servicer: FederationServicer, server: grpc.Server) -> None:
             response_serializer=pb.JoinReply.SerializeToString),
         "GetTask": grpc.unary_stream_rpc_method_handler(
             servicer.GetTask, request_deserializer=_lenient(pb.TaskRequest),
-            response_serializer=pb.TaskChunk.SerializeToString),
+            response_serializer=_serialize),
         "SubmitResult": grpc.stream_unary_rpc_method_handler(
-            servicer.SubmitResult, request_deserializer=_lenient(pb.ResultChunk),
+            servicer.SubmitResult, request_deserializer=_lenient_chunk(pb.ResultChunk),
             response_serializer=pb.SubmitReply.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -73,15 +90,21 @@ class FederationServicer(pb_grpc.FederationServicer):
     def __init__(
         self,
         coordinator: Coordinator,
-        decode_result: Callable[[bytes], Any],
+        result_layout: Layout,
+        decode_result: Callable[[bytearray], Any],
         telemetry: Telemetry,
         *,
         chunk_bytes: int,
         max_payload_bytes: int,
+        upload_slots: int = 2,
         poll_s: float = 10.0,
     ) -> None:
         self.coordinator = coordinator
+        self.result_layout = result_layout
         self.decode_result = decode_result
+        # Results being received are held whole until they are checked and folded in: at most
+        # ``upload_slots`` at a time, so the server's memory does not grow with the client count.
+        self.upload_slots = threading.BoundedSemaphore(upload_slots)
         self.telemetry = telemetry
         self.chunk_bytes = chunk_bytes
         self.max_payload_bytes = max_payload_bytes
@@ -105,7 +128,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             client_id=record.client_id, shard_index=record.shard, num_shards=self.coordinator.num_shards
         )
 
-    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.TaskChunk]:  # noqa: N802
+    def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.TaskChunk | bytes]:  # noqa: N802
         if isinstance(request, Malformed):
             self._abort(context, "invalid", request.error)
         try:
@@ -124,47 +147,61 @@ class FederationServicer(pb_grpc.FederationServicer):
                 kind=pb.TaskHeader.TRAIN,
                 round=task.round,
                 task_id=task.task_id,
-                payload_bytes=len(payload.data),
-                payload_sha256=payload.sha256,
+                payload_bytes=len(payload),
+                layout=task.layout,
                 deadline_s=task.remaining(self.coordinator.clock()),
             )
         )
-        for chunk in payload.chunks(self.chunk_bytes):
-            yield pb.TaskChunk(data=chunk)
-        self.telemetry.add_bytes(sent=len(payload.data))
+        yield from data_messages(payload, self.chunk_bytes)
+        self.telemetry.add_bytes(sent=len(payload))
 
     def SubmitResult(self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext) -> pb.SubmitReply:  # noqa: N802
         first = next(request_iterator, None)
         if isinstance(first, Malformed):
             self._abort(context, "invalid", first.error)
-        if first is None or first.WhichOneof("part") != "header":
+        if first is None or isinstance(first, memoryview) or first.WhichOneof("part") != "header":
             self._abort(context, "invalid", "a result stream must start with a ResultHeader")
         h = first.header
         try:
-            self.coordinator.check_submission(h.client_id, h.task_id, h.round)
+            task = self.coordinator.check_submission(h.client_id, h.task_id, h.round)
             metrics = _validate_metrics(h.metrics)
-            data = assemble(
-                _data_parts(request_iterator),
-                expected_bytes=h.payload_bytes,
-                expected_sha256=h.payload_sha256,
-                max_bytes=self.max_payload_bytes,
-            )
-            self.telemetry.add_bytes(received=len(data))
-            value = self.decode_result(data)
-            _validate_weight(value)
-            self.coordinator.submit(h.client_id, h.task_id, h.round, Result(value, metrics, len(data)))
+            check_size(h.payload_bytes, self.max_payload_bytes)
+            self.result_layout.check_fingerprint(h.layout, "this result")
+            if h.payload_bytes != self.result_layout.nbytes:
+                raise LayoutError(f"expected {self.result_layout.nbytes} bytes for this model, "
+                                  f"the header announces {h.payload_bytes}")
+            if not self.upload_slots.acquire(timeout=task.remaining(self.coordinator.clock())):
+                raise Reject("stale", f"round {h.round} closed while the result waited for an upload slot")
+            # A stalled or slow upload must not hold its slot past its round: cancel it at the deadline.
+            cutoff = threading.Timer(task.remaining(self.coordinator.clock()), context.cancel)
+            cutoff.daemon = True
+            cutoff.start()
+            try:
+                data = assemble(_data_parts(request_iterator), expected_bytes=h.payload_bytes,
+                                max_bytes=self.max_payload_bytes)
+                self.telemetry.add_bytes(received=len(data))
+                value = self.decode_result(data)
+                _validate_weight(value.weight)
+                self.coordinator.submit(h.client_id, h.task_id, h.round, Result(value, metrics, len(data)))
+                del data, value  # folded in (mean) or kept by the coordinator (robust, dp)
+            finally:
+                cutoff.cancel()
+                self.upload_slots.release()
         except Reject as exc:
             self._abort(context, exc.reason, str(exc))
         except PayloadError as exc:
             self._abort(context, "too_large" if exc.too_large else "invalid", str(exc))
-        except CodecError as exc:
+        except LayoutError as exc:
             self._abort(context, "invalid", f"client result rejected: {exc}")
-        log.info("result accepted", extra=fields(client_id=h.client_id, round=h.round, bytes=h.payload_bytes))
+        log.info("result accepted", extra=fields(client_id=h.client_id, round=h.round, bytes=h.payload_bytes, **memory_mb()))
         return pb.SubmitReply(accepted=True, detail=f"round {h.round} result accepted")
 
 
-def _data_parts(chunks: Iterator[pb.ResultChunk]) -> Iterator[bytes]:
+def _data_parts(chunks: Iterator[Any]) -> Iterator[bytes | memoryview]:
     for chunk in chunks:
+        if isinstance(chunk, memoryview):  # the fast path: a data chunk read without protobuf
+            yield chunk
+            continue
         if isinstance(chunk, Malformed):
             raise Reject("invalid", chunk.error)
         if chunk.WhichOneof("part") != "data":
@@ -185,7 +222,6 @@ def _validate_metrics(metrics: Any) -> dict[str, float]:
     return out
 
 
-def _validate_weight(value: Any) -> None:
-    weight = float(value.update_weight)
+def _validate_weight(weight: float) -> None:
     if not weight > 0:
         raise Reject("invalid", f"update_weight must be > 0, got {weight}")

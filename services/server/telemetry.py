@@ -102,3 +102,16 @@ class Telemetry:
         httpd.daemon_threads = True
         threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
         return httpd
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory now and at its peak (Linux ``/proc/self/status``), in MiB."""
+    out: dict[str, float] = {}
+    try:
+        for line in open("/proc/self/status"):
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = round(int(value.split()[0]) / 1024, 1)
+    except OSError:
+        pass
+    return out

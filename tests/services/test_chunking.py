@@ -1,46 +1,145 @@
 """Streamed payloads: chunks put back together give exactly the bytes sent, and a stream that
-disagrees with its header (size, digest) or breaks the limit is refused before it is trusted."""
+disagrees with its header (size) or breaks the limit is refused before it is trusted: the buffer
+is allocated once at the announced size, an overrun stops the read at once and an over-limit
+announcement is refused without reading anything. Data chunks are framed and read by hand
+(:func:`data_messages`, :func:`data_of`): the framing must be byte for byte protobuf's, and the
+reader must accept nothing that protobuf would read differently."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.chunking import Payload, PayloadError, assemble
+from services.common.chunking import DATA_TAG, PayloadError, assemble, check_size, data_messages, data_of
+from services.common.proto import federation_pb2 as pb
 
 CHUNK = 1024
 
 
-def roundtrip(data: bytes, chunk: int = CHUNK, max_bytes: int | None = None) -> bytes:
-    p = Payload.of(data)
-    return assemble(p.chunks(chunk), expected_bytes=len(data), expected_sha256=p.sha256,
+def parts_of(data: bytes | bytearray | memoryview, chunk: int) -> list[memoryview]:
+    """What the receiver sees: the data of each framed message, read by hand."""
+    out = []
+    for message in data_messages(data, chunk):
+        view = data_of(message)
+        assert view is not None
+        out.append(view)
+    return out
+
+
+def roundtrip(data: bytes, chunk: int = CHUNK, max_bytes: int | None = None) -> bytearray:
+    return assemble(iter(parts_of(data, chunk)), expected_bytes=len(data),
                     max_bytes=len(data) if max_bytes is None else max_bytes)
 
 
-def test_payload_digest() -> None:
-    assert Payload.of(b"abc").sha256 == hashlib.sha256(b"abc").digest()
-
-
-@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 5 * 1024 * 1024 + 7])
+@pytest.mark.parametrize("size", [0, 1, 127, 128, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 5 * 1024 * 1024 + 7])
 def test_round_trip_sizes(size: int) -> None:
     data = os.urandom(size)
-    parts = list(Payload.of(data).chunks(CHUNK))
+    parts = parts_of(data, CHUNK)
     assert len(parts) == -(-size // CHUNK)  # ceil: no empty trailing chunk
     assert all(len(p) == CHUNK for p in parts[:-1])
     assert all(0 < len(p) <= CHUNK for p in parts)
-    assert roundtrip(data) == data
+    out = roundtrip(data)
+    assert isinstance(out, bytearray) and out == data
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 127, 128, 16383, 16384, 3 * 1024 * 1024])
+def test_framing_is_protobufs(chunk: int) -> None:
+    """Each framed message is exactly what protobuf serializes for a chunk holding only ``data``
+    (for both streams' messages), with varint lengths of one, two and more bytes."""
+    data = os.urandom(2 * chunk + 1)
+    messages = list(data_messages(data, chunk))
+    assert all(isinstance(m, bytes) for m in messages)  # what gRPC sends
+    for i, message in enumerate(messages):
+        part = data[i * chunk : (i + 1) * chunk]
+        assert message == pb.ResultChunk(data=part).SerializeToString()
+        assert message == pb.TaskChunk(data=part).SerializeToString()
+        parsed = pb.TaskChunk.FromString(message)
+        assert parsed.WhichOneof("part") == "data" and parsed.data == part
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_messages_of_any_buffer(kind: type) -> None:
+    data = os.urandom(3 * CHUNK + 5)
+    source = kind(data) if kind is not memoryview else memoryview(data).toreadonly()
+    assert b"".join(bytes(p) for p in parts_of(source, CHUNK)) == data
+
+
+def test_messages_of_a_memoryview_slice() -> None:
+    data = os.urandom(5000)
+    assert b"".join(bytes(p) for p in parts_of(memoryview(data)[1000:3500], 700)) == data[1000:3500]
+
+
+def test_data_of_is_a_view_of_the_message() -> None:
+    message = pb.ResultChunk(data=b"x" * 300).SerializeToString()
+    view = data_of(message)
+    assert view is not None and view.obj is message and bytes(view) == b"x" * 300  # no copy
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(pb.ResultChunk(data=b"").SerializeToString(), id="empty-data"),
+        pytest.param(b"\x12\x00", id="empty-data-by-hand"),
+        pytest.param(b"\x12\x83\x00abc", id="non-minimal-length"),  # protobuf reads it as 3 too
+    ],
+)
+def test_data_of_accepts_what_protobuf_reads_as_data(message: bytes) -> None:
+    view = data_of(message)
+    parsed = pb.ResultChunk.FromString(message)
+    assert view is not None and parsed.WhichOneof("part") == "data" and bytes(view) == parsed.data
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(pb.ResultChunk(header=pb.ResultHeader(client_id="c", payload_bytes=3)).SerializeToString(),
+                     id="header"),
+        pytest.param(pb.ResultChunk(data=b"abc").SerializeToString() + b"\x12\x01d", id="two-data-fields"),
+        pytest.param(pb.ResultChunk(data=b"abc").SerializeToString()
+                     + pb.ResultChunk(header=pb.ResultHeader(client_id="c")).SerializeToString(), id="data-then-header"),
+        pytest.param(b"\x12\x04abc", id="length-over"),
+        pytest.param(b"\x12\x02abc", id="length-short"),
+        pytest.param(b"\x12", id="no-length"),
+        pytest.param(b"\x12\x80", id="cut-varint"),
+        pytest.param(b"\x12" + b"\xff" * 11 + b"\x01", id="varint-too-long"),
+        pytest.param(b"\x12" + b"\x80" * 10 + b"\x00", id="varint-11-bytes"),
+        pytest.param(b"\x0a\x00", id="other-field"),
+        pytest.param(b"\x10\x03abc", id="data-tag-wrong-wire-type"),
+    ],
+)
+def test_data_of_leaves_everything_else_to_protobuf(message: bytes) -> None:
+    assert data_of(message) is None
+
+
+def _protobuf_reads_as(message: bytes) -> bytes | None:
+    try:
+        parsed = pb.ResultChunk.FromString(message)
+    except DecodeError:
+        return None
+    return parsed.data if parsed.WhichOneof("part") == "data" else None
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.binary(max_size=40), raw=st.booleans())
+def test_data_of_never_disagrees_with_protobuf(body: bytes, raw: bool) -> None:
+    """Whatever a peer sends: when data_of reads a data chunk, protobuf reads the same data."""
+    message = body if raw else bytes((DATA_TAG,)) + body
+    view = data_of(message)
+    if view is not None:
+        assert _protobuf_reads_as(message) == bytes(view)
 
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.binary(max_size=4096), chunk=st.integers(1, 5000))
 def test_round_trip_property(data: bytes, chunk: int) -> None:
-    parts = list(Payload.of(data).chunks(chunk))
-    assert b"".join(parts) == data
+    parts = parts_of(data, chunk)
+    assert b"".join(bytes(p) for p in parts) == data
     assert all(0 < len(p) <= chunk for p in parts)
     assert roundtrip(data, chunk) == data
 
@@ -48,16 +147,27 @@ def test_round_trip_property(data: bytes, chunk: int) -> None:
 @settings(max_examples=100, deadline=None)
 @given(data=st.binary(max_size=2048), cuts=st.lists(st.integers(0, 2048), max_size=8))
 def test_any_split_of_the_stream_assembles(data: bytes, cuts: list[int]) -> None:
-    """The receiver must not depend on how the sender (or the network) cut the stream."""
+    """The receiver must not depend on how the sender (or the network) cut the stream, empty
+    parts and memoryviews included."""
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    parts = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)] + [b""]
-    assert assemble(iter(parts), expected_bytes=len(data), expected_sha256=Payload.of(data).sha256,
-                    max_bytes=len(data)) == data
+    parts = [b""] + [memoryview(data)[a:b] for a, b in zip(bounds, bounds[1:], strict=False)] + [b""]
+    assert assemble(iter(parts), expected_bytes=len(data), max_bytes=len(data)) == data
 
 
-def test_chunks_can_be_iterated_twice() -> None:
-    p = Payload.of(os.urandom(3000))
-    assert list(p.chunks(1000)) == list(p.chunks(1000))
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(min_size=1, max_size=2048), announced=st.integers(0, 2048))
+def test_any_wrong_announced_size_is_refused(data: bytes, announced: int) -> None:
+    if announced == len(data):
+        assert assemble(iter([data]), expected_bytes=announced, max_bytes=4096) == data
+        return
+    with pytest.raises(PayloadError) as info:
+        assemble(iter(parts_of(data, 100)), expected_bytes=announced, max_bytes=4096)
+    assert not info.value.too_large
+
+
+def test_messages_can_be_made_twice() -> None:
+    data = os.urandom(3000)
+    assert list(data_messages(data, 1000)) == list(data_messages(data, 1000))
 
 
 @pytest.mark.parametrize(
@@ -67,15 +177,17 @@ def test_chunks_can_be_iterated_twice() -> None:
         ([b"abcd"], 3, "more than the announced 3"),
         ([b"ab"], 3, "ended after 2 of 3"),
         ([], 3, "ended after 0 of 3"),
+        ([b"", b""], 1, "ended after 0 of 1"),
+        ([b"a"], 0, "more than the announced 0"),
     ],
 )
 def test_size_mismatch_is_refused(parts: list[bytes], announced: int, match: str) -> None:
     with pytest.raises(PayloadError, match=match) as info:
-        assemble(iter(parts), expected_bytes=announced, expected_sha256=hashlib.sha256(b"abc").digest(), max_bytes=100)
+        assemble(iter(parts), expected_bytes=announced, max_bytes=100)
     assert not info.value.too_large
 
 
-def test_oversized_stream_is_refused_before_reading_it_all() -> None:
+def test_overrun_stops_the_read_at_once() -> None:
     read = []
 
     def endless() -> Iterator[bytes]:
@@ -84,25 +196,27 @@ def test_oversized_stream_is_refused_before_reading_it_all() -> None:
             yield b"x" * 100
 
     with pytest.raises(PayloadError, match="more than the announced"):
-        assemble(endless(), expected_bytes=250, expected_sha256=b"\0" * 32, max_bytes=1000)
-    assert len(read) == 3
+        assemble(endless(), expected_bytes=250, max_bytes=1000)
+    assert len(read) == 3  # 100 + 100 fit, the third part overruns: nothing after it is read
 
 
-def test_wrong_digest_is_refused() -> None:
-    data = b"hello world"
-    with pytest.raises(PayloadError, match="SHA-256") as info:
-        assemble(iter([data]), expected_bytes=len(data), expected_sha256=hashlib.sha256(b"hello World").digest(),
-                 max_bytes=100)
-    assert not info.value.too_large
+def test_overrun_leaves_the_buffer_size_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receive buffer is the announced size, never grown by what the peer sends."""
+    from services.common import chunking
 
+    made: list[bytearray] = []
+    real = bytearray
 
-def test_flipped_byte_is_refused() -> None:
-    data = bytearray(os.urandom(5000))
-    p = Payload.of(bytes(data))
-    data[2500] ^= 0x01
-    with pytest.raises(PayloadError, match="SHA-256"):
-        assemble(Payload(bytes(data), p.sha256).chunks(1024), expected_bytes=len(data), expected_sha256=p.sha256,
-                 max_bytes=10_000)
+    def spy(*args: object) -> bytearray:
+        buf = real(*args)  # type: ignore[call-overload]
+        made.append(buf)
+        return buf
+
+    monkeypatch.setattr(chunking, "bytearray", spy, raising=False)
+    with pytest.raises(PayloadError):
+        assemble(iter([b"x" * 60, b"y" * 60]), expected_bytes=100, max_bytes=1000)
+    assert [len(b) for b in made] == [100]
+    assert made[0] == b"x" * 60 + b"\0" * 40  # the overrunning part was not copied in, even in part
 
 
 def test_over_limit_is_too_large_without_reading() -> None:
@@ -111,25 +225,53 @@ def test_over_limit_is_too_large_without_reading() -> None:
         yield b""
 
     with pytest.raises(PayloadError, match="exceeds the limit of 100") as info:
-        assemble(never(), expected_bytes=101, expected_sha256=b"\0" * 32, max_bytes=100)
+        assemble(never(), expected_bytes=101, max_bytes=100)
+    assert info.value.too_large
+
+
+def test_huge_announcement_allocates_nothing() -> None:
+    """A peer announcing 1 TiB must be refused before any buffer of that size is made."""
+    with pytest.raises(PayloadError, match="exceeds the limit") as info:
+        assemble(iter([]), expected_bytes=1 << 40, max_bytes=1 << 20)
     assert info.value.too_large
 
 
 def test_exactly_at_limit_is_accepted() -> None:
     assert roundtrip(b"x" * 100, max_bytes=100) == b"x" * 100
+    check_size(100, 100)  # no exception
 
 
 def test_negative_size_is_refused() -> None:
+    def never() -> Iterator[bytes]:
+        raise AssertionError("the stream must not be read")
+        yield b""
+
     with pytest.raises(PayloadError, match="negative") as info:
-        assemble(iter([]), expected_bytes=-1, expected_sha256=hashlib.sha256(b"").digest(), max_bytes=100)
+        assemble(never(), expected_bytes=-1, max_bytes=100)
     assert not info.value.too_large
 
 
-@pytest.mark.parametrize("sha", [b"", b"\0" * 31, b"\0" * 33, hashlib.sha256(b"").hexdigest().encode()])
-def test_bad_digest_length_is_refused(sha: bytes) -> None:
-    with pytest.raises(PayloadError, match="32 bytes"):
-        assemble(iter([]), expected_bytes=0, expected_sha256=sha, max_bytes=100)
+@pytest.mark.parametrize(
+    ("announced", "limit", "too_large", "match"),
+    [(-1, 100, False, "negative"), (-(1 << 62), 100, False, "negative"), (101, 100, True, "exceeds the limit"),
+     (1 << 62, 100, True, "exceeds the limit")],
+)
+def test_check_size_refuses(announced: int, limit: int, too_large: bool, match: str) -> None:
+    with pytest.raises(PayloadError, match=match) as info:
+        check_size(announced, limit)
+    assert info.value.too_large is too_large
+
+
+@pytest.mark.parametrize(("announced", "limit"), [(0, 0), (0, 100), (99, 100), (100, 100)])
+def test_check_size_accepts(announced: int, limit: int) -> None:
+    assert check_size(announced, limit) is None
+
+
+def test_zero_bytes_round_trip() -> None:
+    assert list(data_messages(b"", CHUNK)) == []
+    assert assemble(iter([]), expected_bytes=0, max_bytes=0) == bytearray()
 
 
 def test_payload_error_is_a_value_error() -> None:
     assert issubclass(PayloadError, ValueError)
+    assert PayloadError("x").too_large is False

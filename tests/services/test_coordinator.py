@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.common.chunking import Payload
 from services.server import coordinator as coordinator_module
 from services.server.coordinator import Coordinator, Reject, Result, RoundTask, TaskKind
 
-PAYLOAD = Payload.of(b"global model")
+PAYLOAD = b"global model"
 
 
 class FakeClock:
@@ -128,7 +127,7 @@ def test_next_task_waits_then_returns_wait() -> None:
 def test_sampled_clients_get_train_others_wait() -> None:
     c = make(min_clients=3, per_round=2)
     ids = join_all(c, 3)
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     assert len(task.sampled) == 2 and task.sampled <= set(ids.values())
     for cid in ids.values():
         kind, got = c.next_task(cid, 0)
@@ -147,7 +146,7 @@ def test_waiting_poll_wakes_when_a_round_opens(pool: ThreadPoolExecutor) -> None
     time.sleep(0.1)
     assert not poll.done()
     started = time.monotonic()
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     assert poll.result(timeout=10) == (TaskKind.TRAIN, task)
     assert time.monotonic() - started < 10  # woken, not at the 20 s poll timeout
 
@@ -155,7 +154,7 @@ def test_waiting_poll_wakes_when_a_round_opens(pool: ThreadPoolExecutor) -> None
 def test_answered_client_gets_no_second_task() -> None:
     c = make(min_clients=1, per_round=1)
     cid = c.join("a").client_id
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     assert c.next_task(cid, 0)[0] is TaskKind.TRAIN
     assert c.next_task(cid, 0)[0] is TaskKind.TRAIN  # a retried poll gets the same task
     c.submit(cid, task.task_id, 1, result())
@@ -166,7 +165,7 @@ def test_no_task_after_the_deadline() -> None:
     clock = FakeClock()
     c = make(min_clients=1, per_round=1, deadline=10, clock=clock)
     cid = c.join("a").client_id
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     assert task.remaining(clock()) == 10
     clock.advance(10)
     assert task.remaining(clock()) == 0
@@ -198,7 +197,7 @@ def test_wait_all_told_done_waits_for_live_clients() -> None:
 def test_finish_closes_the_open_round() -> None:
     c = make(min_clients=1, per_round=1)
     cid = c.join("a").client_id
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     c.finish()
     with pytest.raises(Reject) as info:
         c.submit(cid, task.task_id, 1, result())
@@ -212,7 +211,7 @@ def test_sampling_picks_distinct_live_clients(live: int, per_round: int) -> None
     ids = set(join_all(c, live).values())
     seen: set[str] = set()
     for r in range(1, 30):
-        task = c.open_round(r, PAYLOAD)
+        task = c.open_round(r, PAYLOAD, "layout")
         assert len(task.sampled) == min(per_round, live)
         assert task.sampled <= ids
         seen |= task.sampled
@@ -220,7 +219,7 @@ def test_sampling_picks_distinct_live_clients(live: int, per_round: int) -> None
 
 
 def test_sampling_with_no_live_clients_is_empty() -> None:
-    task = make().open_round(1, PAYLOAD)
+    task = make().open_round(1, PAYLOAD, "layout")
     assert task.sampled == frozenset()
 
 
@@ -233,7 +232,7 @@ def deterministic_ids(monkeypatch: pytest.MonkeyPatch) -> None:
 def _sampled_names(seed: int, rounds: int = 20, clients: int = 12, per_round: int = 3) -> list[frozenset[str]]:
     c = make(min_clients=clients, per_round=per_round, seed=seed)
     by_id = {cid: name for name, cid in join_all(c, clients).items()}
-    return [frozenset(by_id[cid] for cid in c.open_round(r, PAYLOAD).sampled) for r in range(1, rounds + 1)]
+    return [frozenset(by_id[cid] for cid in c.open_round(r, PAYLOAD, "layout").sampled) for r in range(1, rounds + 1)]
 
 
 def test_sampling_is_deterministic_for_a_seeded_rng(deterministic_ids: None) -> None:
@@ -255,7 +254,7 @@ def test_clients_not_seen_for_liveness_s_are_not_sampled() -> None:
     c.next_task(b, 0)  # b polls, a stays silent
     clock.advance(5)  # a last seen 13 s ago, b 5 s ago
     assert c.live_clients() == [b]
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     assert task.sampled == {b}
     clock.advance(1)
     c.join("a")  # a is back
@@ -276,7 +275,7 @@ def test_busy_client_stays_live_until_the_round_closes() -> None:
     clock = FakeClock()
     c = make(min_clients=1, per_round=1, liveness_s=10, deadline=100, clock=clock)
     a = c.join("a").client_id
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     assert c.next_task(a, 0)[0] is TaskKind.TRAIN
     clock.advance(50)  # training takes a while; no polls meanwhile
     assert c.live_clients() == [a]
@@ -301,7 +300,7 @@ def test_wait_for_clients(pool: ThreadPoolExecutor) -> None:
 def test_wait_round_returns_early_when_all_answered(pool: ThreadPoolExecutor) -> None:
     c = make(min_clients=2, per_round=2, deadline=25)
     ids = list(join_all(c, 2).values())
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     started = time.monotonic()
     waiting = in_thread(pool, c.wait_round, task)
     c.submit(ids[0], task.task_id, 1, result(1))
@@ -317,7 +316,7 @@ def test_wait_round_returns_early_when_all_answered(pool: ThreadPoolExecutor) ->
 def test_wait_round_returns_at_the_deadline(pool: ThreadPoolExecutor) -> None:
     c = make(min_clients=2, per_round=2, deadline=0.4)
     ids = list(join_all(c, 2).values())
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     started = time.monotonic()
     waiting = in_thread(pool, c.wait_round, task)
     c.submit(ids[0], task.task_id, 1, result())
@@ -330,7 +329,7 @@ def test_wait_round_returns_at_the_deadline(pool: ThreadPoolExecutor) -> None:
 def test_late_result_after_the_round_closed_is_stale() -> None:
     c = make(min_clients=2, per_round=2, deadline=0.05)
     ids = list(join_all(c, 2).values())
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     c.submit(ids[0], task.task_id, 1, result())
     assert set(c.wait_round(task)) == {ids[0]}
     for check in (c.check_submission, lambda *a: c.submit(*a, result())):
@@ -342,9 +341,9 @@ def test_late_result_after_the_round_closed_is_stale() -> None:
 def test_results_of_the_next_round_do_not_mix() -> None:
     c = make(min_clients=1, per_round=1, deadline=0.05)
     cid = c.join("a").client_id
-    first = c.open_round(1, PAYLOAD)
+    first = c.open_round(1, PAYLOAD, "layout")
     c.wait_round(first)
-    second = c.open_round(2, PAYLOAD)
+    second = c.open_round(2, PAYLOAD, "layout")
     assert second.task_id != first.task_id
     with pytest.raises(Reject, match="not open"):
         c.submit(cid, first.task_id, 1, result())
@@ -356,7 +355,7 @@ def test_results_of_the_next_round_do_not_mix() -> None:
 def open_round() -> tuple[Coordinator, RoundTask, dict[str, str]]:
     c = make(min_clients=3, per_round=2, seed=0)
     ids = join_all(c, 3)
-    return c, c.open_round(4, PAYLOAD), ids
+    return c, c.open_round(4, PAYLOAD, "layout"), ids
 
 
 @pytest.mark.parametrize("how", ["check_submission", "submit"])
@@ -397,7 +396,7 @@ def test_submit_without_an_open_round_is_stale() -> None:
 def test_stop_unblocks_every_waiter(pool: ThreadPoolExecutor) -> None:
     c = make(min_clients=3, per_round=1, deadline=60)
     ids = list(join_all(c, 2).values())
-    task = c.open_round(1, PAYLOAD)
+    task = c.open_round(1, PAYLOAD, "layout")
     idle = next(cid for cid in ids if cid not in task.sampled)
     waiters = {
         "poll": in_thread(pool, c.next_task, idle, 60.0),

@@ -29,7 +29,7 @@ class TaskRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("kind", "round", "task_id", "payload_bytes", "payload_sha256", "deadline_s")
+    __slots__ = ("kind", "round", "task_id", "payload_bytes", "layout", "deadline_s")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[TaskHeader.Kind]
@@ -44,15 +44,15 @@ class TaskHeader(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
-    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     kind: TaskHeader.Kind
     round: int
     task_id: str
     payload_bytes: int
-    payload_sha256: bytes
+    layout: str
     deadline_s: float
-    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., layout: _Optional[str] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class TaskChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -63,7 +63,7 @@ class TaskChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("client_id", "task_id", "round", "payload_bytes", "payload_sha256", "metrics")
+    __slots__ = ("client_id", "task_id", "round", "payload_bytes", "layout", "metrics")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,15 +75,15 @@ class ResultHeader(_message.Message):
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
-    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     task_id: str
     round: int
     payload_bytes: int
-    payload_sha256: bytes
+    layout: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, client_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    def __init__(self, client_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., layout: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "data")

@@ -1,0 +1,364 @@
+"""The correctness guards of the in-process TFF: the client update and the server's optimizer step
+run as ``tf.function``s in this process instead of through TFF's execution context, and the mean
+is folded in block by block as results arrive. Each must compute what TFF itself computes:
+``client_work.next`` for the client, ``build_apply_optimizer_finalizer``'s ``next`` for the
+server (non-finite updates rejected), numpy's weighted mean for the fold; and the server state
+must survive its checkpoint form. The TFF references run in a :class:`TffRuntime` (TFF's
+``worker_binary``), started once for the module.
+
+Keras note: tracing TFF's client work (``task.weights_type``) builds a Keras model inside a
+``tf.Graph``, which invalidates Keras models made before it, so the one task's types are traced
+first and every other object is built from that task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+
+from services.client.trainer import ClientUpdate
+from services.common import tensors
+from services.common.config import ModelSettings, TrainingSettings
+from services.common.data import digits_shard
+from services.common.task import Task, server_optimizer, to_dataset
+from services.common.tensors import LayoutError
+from services.common.tff_runtime import TffRuntime, use_in_this_thread
+from services.server import algorithm
+from services.server.algorithm import OptimizerStep, Result, ServerAlgorithm, WeightedMeanFold
+
+TRAINING = TrainingSettings(local_epochs=1)
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    t = Task(TRAINING, ModelSettings())
+    t.weights_type, t.result_type  # noqa: B018 (trace the client work first: see the module doc)
+    return t
+
+
+@pytest.fixture(scope="module")
+def runtime() -> Iterator[TffRuntime]:
+    before = context_stack_impl.context_stack.current
+    try:
+        with TffRuntime() as rt:
+            yield rt
+    finally:  # not a context whose worker is gone, for whatever runs after this module
+        context_stack_impl.context_stack.set_default_context(before)
+
+
+@pytest.fixture(scope="module")
+def client_update(task: Task) -> ClientUpdate:
+    return ClientUpdate(task)
+
+
+def shard(index: int) -> tf.data.Dataset:
+    arrays = digits_shard(index, 4, scheme="iid", alpha=0.5, eval_fraction=0.2, seed=0)
+    return to_dataset(arrays, TRAINING)
+
+
+def max_diff(a: list[Any], b: list[Any]) -> float:
+    assert len(a) == len(b)
+    assert all(np.shape(x) == np.shape(y) for x, y in zip(a, b, strict=True))
+    return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
+                for x, y in zip(a, b, strict=True)), default=0.0)
+
+
+def random_like(layout: tensors.Layout, seed: int, scale: float = 0.01) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype) for leaf in layout.leaves]
+
+
+# ---- the client update -------------------------------------------------------------------------
+def test_client_update_equals_tff_client_work(task: Task, client_update: ClientUpdate, runtime: TffRuntime) -> None:
+    weights = task.initial_weights()
+    leaves = tensors.flatten(weights)
+    ds0, ds1 = shard(0), shard(1)
+
+    first, m_first = client_update(leaves, ds0)
+    other, m_other = client_update(leaves, ds1)
+    again, m_again = client_update(leaves, ds0)  # the metrics of a call are that call's only
+
+    reference = task.client_work.next(task.client_work.initialize(), [weights, weights], [ds0, ds1])
+    ref0, ref1 = (tensors.flatten(r) for r in reference.result)
+
+    result_layout = tensors.Layout.of(task.result_type)
+    assert [np.shape(a) for a in first] == [leaf.shape for leaf in result_layout.leaves]
+    assert max_diff(first[:-1], ref0[:-1]) < TOL
+    assert max_diff(other[:-1], ref1[:-1]) < TOL
+    assert float(first[-1]) == float(ref0[-1]) and float(other[-1]) == float(ref1[-1])  # update_weight
+    assert max(float(np.max(np.abs(u))) for u in first[:-1]) > 1e-3  # it did train
+    assert max_diff(first[:-1], other[:-1]) > 1e-4  # on its own shard
+
+    # the same call again: the same result and metrics, not accumulated over calls
+    assert max_diff(again, first) == 0.0
+    assert m_again == m_first
+    assert m_first["num_examples"] == float(first[-1])
+    assert m_first["num_examples"] != m_other["num_examples"] or m_first["loss"] != m_other["loss"]
+
+    # TFF's measurements sum the clients' unfinalized metrics, then finalize them
+    train = reference.measurements["train"]
+    n0, n1 = m_first["num_examples"], m_other["num_examples"]
+    assert int(train["num_examples"]) == n0 + n1
+    assert int(train["num_batches"]) == m_first["num_batches"] + m_other["num_batches"]
+    for name in ("loss", "sparse_categorical_accuracy"):
+        pooled = (m_first[name] * n0 + m_other[name] * n1) / (n0 + n1)
+        assert abs(float(train[name]) - pooled) < 1e-5, name
+
+
+def test_client_update_metrics_alone(task: Task, client_update: ClientUpdate, runtime: TffRuntime) -> None:
+    """One client: TFF's finalized metrics are exactly that client's."""
+    weights = task.initial_weights()
+    # from weights other than the initial ones: a step of training on another shard
+    start = tensors.flatten(weights)
+    delta, _ = client_update(start, shard(2))
+    moved = [w + d for w, d in zip(start, delta[:-1], strict=True)]
+    result, metrics = client_update(moved, shard(3))
+    reference = task.client_work.next(task.client_work.initialize(),
+                                      [tensors.unflatten(task.weights_type, moved)], [shard(3)])
+    assert max_diff(result, tensors.flatten(reference.result[0])) < TOL
+    train = reference.measurements["train"]
+    assert abs(metrics["loss"] - float(train["loss"])) < TOL
+    assert metrics["sparse_categorical_accuracy"] == pytest.approx(float(train["sparse_categorical_accuracy"]),
+                                                                   abs=1e-7)
+    assert metrics["num_examples"] == float(train["num_examples"])
+
+
+# ---- the server optimizer step -----------------------------------------------------------------
+def same_as_typed(ours: Any, theirs: Any) -> float:
+    """The largest difference of two optimizer states, ours cast to the dtypes of TFF's."""
+    a, b = tensors.flatten(ours), tensors.flatten(theirs)
+    return max_diff([np.asarray(x, np.asarray(y).dtype) for x, y in zip(a, b, strict=True)], b)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_optimizer_step_equals_tff_finalizer(task: Task, runtime: TffRuntime, optimizer: str) -> None:
+    training = TrainingSettings(server_optimizer=optimizer, server_learning_rate=0.5 if optimizer == "sgd" else 0.01)
+    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer(training), task.weights_type)
+    step = OptimizerStep(server_optimizer(training), task.weights_type)
+    layout = tensors.Layout.of(task.weights_type)
+
+    ref_state = finalizer.initialize()
+    state = step.initialize()
+    assert same_as_typed(state, ref_state) == 0.0
+
+    weights = task.initial_weights()
+    trainable = tensors.flatten(weights)
+    for i in range(3):
+        update = random_like(layout, seed=i)
+        out = finalizer.next(ref_state, weights, update)
+        ref_state, weights = out.state, out.result
+        state, trainable = step(state, trainable, list(update))
+        assert max_diff(trainable, tensors.flatten(weights)) < TOL, f"weights after step {i + 1}"
+        assert same_as_typed(state, ref_state) < TOL, f"state after step {i + 1}"
+    assert max_diff(trainable, tensors.flatten(task.initial_weights())) > 1e-3  # the steps did move
+
+    # a non-finite update is rejected: weights and optimizer state unchanged (as TFF does)
+    for bad in (np.nan, np.inf, -np.inf):
+        update = random_like(layout, seed=9)
+        update[1][3] = bad
+        new_state, new_trainable = step(state, trainable, list(update))
+        assert max_diff(new_trainable, trainable) == 0.0
+        assert max_diff(tensors.flatten(new_state), tensors.flatten(state)) == 0.0
+        out = finalizer.next(ref_state, weights, update)
+        assert max_diff(new_trainable, tensors.flatten(out.result)) < TOL
+        assert same_as_typed(new_state, out.state) < TOL
+
+
+def test_optimizer_step_consumes_the_update(task: Task) -> None:
+    """As documented: the caller's update list is emptied, so the update is not held twice."""
+    step = OptimizerStep(server_optimizer(TRAINING), task.weights_type)
+    update = random_like(tensors.Layout.of(task.weights_type), seed=1)
+    trainable = tensors.flatten(task.initial_weights())
+    _, new_trainable = step(step.initialize(), trainable, update)
+    assert update == [None] * len(trainable)
+    assert max_diff(new_trainable, trainable) > 1e-3
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_optimizer_state_has_tffs_dtypes(task: Task, optimizer: str) -> None:
+    alg = ServerAlgorithm(task, TrainingSettings(server_optimizer=optimizer))
+    state = alg.initialize()
+    for s in (state.finalizer, alg.step.initialize()):
+        assert [np.asarray(x).dtype for x in tensors.flatten(s)] == [leaf.dtype for leaf in alg.finalizer_layout.leaves]
+    fold = WeightedMeanFold()
+    for result in two_results(alg, seed=1):
+        fold.add(result)
+    after = alg.apply_mean(state, fold).finalizer
+    assert [np.asarray(x).dtype for x in tensors.flatten(after)] == [leaf.dtype for leaf in alg.finalizer_layout.leaves]
+
+
+# ---- the weighted mean fold --------------------------------------------------------------------
+def reference_mean(results: list[Result]) -> list[np.ndarray]:
+    weights = np.array([r.weight for r in results], np.float64)
+    return [sum(w * np.asarray(r.update[i], np.float64) for w, r in zip(weights, results, strict=True))
+            / weights.sum() for i in range(len(results[0].update))]
+
+
+def make_results(shapes: list[tuple[int, ...]], weights: list[float], seed: int = 0) -> list[Result]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for w in weights:
+        leaves = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        # as the servicer hands them over: read-only views over one received buffer
+        buf = b"".join(a.tobytes() for a in leaves)
+        views, offset = [], 0
+        for a in leaves:
+            views.append(np.frombuffer(buf, np.float32, a.size, offset).reshape(a.shape))
+            offset += a.nbytes
+        out.append(Result(views, w))
+    return out
+
+
+def fold_mean(results: list[Result]) -> list[np.ndarray]:
+    fold = WeightedMeanFold()
+    for r in results:
+        fold.add(r)
+    assert fold.count == len(results)
+    assert fold.weight == pytest.approx(sum(r.weight for r in results), rel=1e-6)
+    mean = fold.mean()
+    assert all(m.dtype == np.float32 for m in mean)
+    return mean
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1000])
+def test_fold_equals_weighted_mean_across_blocks(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    monkeypatch.setattr(algorithm, "FOLD_BLOCK", block)
+    shapes = [(9, 13), (64,), (1,), (3, 5, 7), (63,), (65,)]  # sizes around and across block boundaries
+    results = make_results(shapes, [3.0, 1.5, 7.0, 0.25, 11.0], seed=block)
+    mean = fold_mean(results)
+    assert [m.shape for m in mean] == shapes
+    assert max_diff(mean, reference_mean(results)) < 1e-5
+
+
+def test_fold_with_the_real_block_size() -> None:
+    n = algorithm.FOLD_BLOCK + 17  # one leaf over a block: two steps, the second a partial one
+    results = make_results([(n,), (10,)], [2.0, 5.0, 1.0], seed=3)
+    assert max_diff(fold_mean(results), reference_mean(results)) < 1e-5
+
+
+def test_fold_of_one_result_is_that_result() -> None:
+    results = make_results([(5, 4), (3,)], [42.0])
+    assert max_diff(fold_mean(results), results[0].update) < 1e-6
+
+
+def test_fold_does_not_touch_the_results() -> None:
+    results = make_results([(20,), (6, 6)], [1.0, 2.0], seed=7)
+    before = [[a.copy() for a in r.update] for r in results]
+    fold_mean(results)
+    for r, b in zip(results, before, strict=True):
+        assert max_diff(r.update, b) == 0.0
+
+
+def test_fold_of_zero_weight_is_zero_and_empty_fold_refuses() -> None:
+    assert all(not m.any() for m in fold_mean(make_results([(4,)], [0.0, 0.0])))
+    with pytest.raises(ValueError, match="no results"):
+        WeightedMeanFold().mean()
+    fold = WeightedMeanFold()
+    fold.add(make_results([(4,)], [1.0])[0])
+    fold.mean()
+    with pytest.raises(ValueError, match="no results"):  # the fold is spent by mean()
+        fold.mean()
+
+
+# ---- the server state's checkpoint form --------------------------------------------------------
+def assert_same_state(a: algorithm.ServerState, b: algorithm.ServerState, tol: float = 0.0) -> None:
+    assert a.round == b.round
+    if tol == 0.0:
+        assert bytes(a.payload) == bytes(b.payload)
+    assert max_diff(a.weights, b.weights) <= tol
+    assert same_as_typed(a.finalizer, b.finalizer) <= tol  # (dtypes: see test_optimizer_state_has_tffs_dtypes)
+    ga, gb = tensors.flatten(a.aggregator), tensors.flatten(b.aggregator)
+    assert len(ga) == len(gb)
+    for x, y in zip(ga, gb, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def through_a_file(parts: list[Any]) -> list[memoryview]:
+    """Parts as a checkpoint load hands them back: memoryviews over one bytes blob."""
+    blob = memoryview(b"".join(bytes(p) for p in parts))
+    out, offset = [], 0
+    for p in parts:
+        n = len(bytes(p))
+        out.append(blob[offset : offset + n])
+        offset += n
+    return out
+
+
+def two_results(alg: ServerAlgorithm, seed: int) -> list[Result]:
+    layout = alg.result_layout
+    out = []
+    for i, w in enumerate((3.0, 5.0)):
+        leaves = random_like(layout, seed=seed + i)
+        leaves[-1] = np.float32(w)
+        out.append(algorithm.decode_result(layout, layout.encode(leaves)))
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_mean_state_round_trips(task: Task, optimizer: str) -> None:
+    alg = ServerAlgorithm(task, TrainingSettings(server_optimizer=optimizer, server_learning_rate=0.1))
+    assert alg.streaming
+    state = alg.initialize()
+    for r in range(2):
+        fold = WeightedMeanFold()
+        for result in two_results(alg, seed=10 * r):
+            fold.add(result)
+        state = alg.apply_mean(state, fold)
+    assert state.round == 2
+    restored = alg.decode_state(state.round, through_a_file(alg.encode_state(state)))
+    assert_same_state(state, restored)
+    # the restored optimizer state is as good as the original: the next round is the same
+    results = two_results(alg, seed=99)
+    after: list[algorithm.ServerState] = []
+    for s in (state, restored):
+        fold = WeightedMeanFold()
+        for result in results:
+            fold.add(result)
+        after.append(alg.apply_mean(s, fold))
+    assert_same_state(after[0], after[1], tol=TOL)  # exact once the live state has TFF's dtypes
+    assert max_diff(after[0].weights, state.weights) > 1e-4
+
+
+def test_decode_state_refuses_damage(task: Task) -> None:
+    alg = ServerAlgorithm(task, TrainingSettings(server_optimizer="adam"))
+    parts = [bytes(p) for p in alg.encode_state(alg.initialize())]
+    with pytest.raises(LayoutError, match="3 parts"):
+        alg.decode_state(0, parts[:2])
+    with pytest.raises(LayoutError, match="expected"):
+        alg.decode_state(0, [parts[0][:-4], *parts[1:]])
+    with pytest.raises(LayoutError, match="expected"):
+        alg.decode_state(0, [parts[0], parts[1] + b"\0\0\0\0", parts[2]])
+    nan = bytearray(parts[0])
+    nan[:4] = np.float32(np.nan).tobytes()
+    with pytest.raises(LayoutError, match=r"trainable\.0 holds NaN"):
+        alg.decode_state(0, [nan, *parts[1:]])
+
+
+def test_robust_state_round_trips(task: Task, runtime: TffRuntime) -> None:
+    alg = ServerAlgorithm(task, TrainingSettings(aggregator="robust"), run_tff=use_in_this_thread)
+    assert not alg.streaming
+    state = alg.initialize()
+    state = alg.apply(state, two_results(alg, seed=5))
+    assert state.round == 1
+    restored = alg.decode_state(state.round, through_a_file(alg.encode_state(state)))
+    assert_same_state(state, restored)
+    results = two_results(alg, seed=50)
+    assert_same_state(alg.apply(state, results), alg.apply(restored, results), tol=TOL)
+
+
+def test_decode_result_and_model_weights(task: Task) -> None:
+    layout = tensors.Layout.of(task.result_type)
+    leaves = random_like(layout, seed=4)
+    leaves[-1] = np.float32(12.0)
+    result = algorithm.decode_result(layout, layout.encode(leaves))
+    assert result.weight == 12.0 and isinstance(result.weight, float)
+    assert max_diff(result.update, leaves[:-1]) == 0.0
+    weights = algorithm.as_model_weights(task, result.update)
+    assert isinstance(weights, tff.learning.models.ModelWeights)
+    assert max_diff(list(weights.trainable), leaves[:-1]) == 0.0 and list(weights.non_trainable) == []
