@@ -15,6 +15,7 @@ worker_binary, with the robust and dp aggregators only).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import numpy as np
 
 from bench import procs
 from bench.runners import main, make_record, n_floats
-from services.common.config import load_config
+from services.common.config import load_config, parse_set
 from services.common.data import NUM_CLASSES, NUM_FEATURES
 
 MAX_CLIENT_PROCESSES = 4
@@ -62,6 +63,8 @@ def _config(work: Path, size_mb: float, clients: int, rounds: int) -> Path:
         "client.health_port": 0,
         "client.server_address": f"127.0.0.1:{port}",
         "client.reconnect_max_s": 1.0,
+        # Experiments: BENCH_OURS_SET="server.upload_slots=8 training.aggregator=robust"
+        **parse_set(os.environ.get("BENCH_OURS_SET", "").split()),
     })
     path = work / "federation.yaml"
     path.write_text(cfg.to_yaml())
