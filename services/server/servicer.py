@@ -193,6 +193,11 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._abort(context, "too_large" if exc.too_large else "invalid", str(exc))
         except LayoutError as exc:
             self._abort(context, "invalid", f"client result rejected: {exc}")
+        except grpc.RpcError:  # the stream broke, or the round-deadline cutoff cancelled it
+            self.telemetry.reject("stale")
+            log.warning("result upload ended early", extra=fields(client_id=h.client_id, round=h.round,
+                                                                    peer=context.peer()))
+            raise
         log.info("result accepted", extra=fields(client_id=h.client_id, round=h.round, bytes=h.payload_bytes, **memory_mb()))
         return pb.SubmitReply(accepted=True, detail=f"round {h.round} result accepted")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,9 @@ from services.runner.local import free_port
 from services.runner.processes import Child, ProcessGroup
 
 ROOT = Path(__file__).resolve().parents[2]
+# Python's fault handler: a process sent SIGABRT writes every thread's stack to its log first
+# (see dump_stacks), so a test that times out on a hung process says where it hung.
+DEBUG_ENV = {"PYTHONFAULTHANDLER": "1"}
 
 
 def federation_config(out_dir: Path, *, clients: int, rounds: int, **overrides: Any) -> FederationConfig:
@@ -59,13 +63,13 @@ class Federation:
         return argv
 
     def start_server(self, name: str = "server") -> Child:
-        self.server = self.group.start(name, self._argv("server"), {"PYTHONUNBUFFERED": "1"})
+        self.server = self.group.start(name, self._argv("server"), {"PYTHONUNBUFFERED": "1", **DEBUG_ENV})
         return self.server
 
     def start_client(self, index: int, *sets: str, env: dict[str, str] | None = None) -> Child:
         child = self.group.start(
             f"client-{index}", self._argv("client", f"client.name=client-{index}", *sets),
-            {"SERVER_ADDRESS": self.cfg.client.server_address, "PYTHONUNBUFFERED": "1", **(env or {})},
+            {"SERVER_ADDRESS": self.cfg.client.server_address, "PYTHONUNBUFFERED": "1", **DEBUG_ENV, **(env or {})},
         )
         self.clients.append(child)
         return child
@@ -81,7 +85,9 @@ class Federation:
         while not predicate():
             dead = [c for c in self.group.children if c.returncode not in (None, 0)]
             if time.monotonic() > end or dead:
-                logs = "\n".join(f"--- {c.name} (rc={c.returncode})\n{c.log_tail(15)}" for c in self.group.children)
+                hung = dump_stacks(self.group.children) if not dead else []
+                logs = "\n".join(f"--- {c.name} (rc={c.returncode})\n{c.log_tail(60 if c in hung else 15)}"
+                                 for c in self.group.children)
                 raise AssertionError(f"timed out or a process died waiting for {what}\n{logs}")
             time.sleep(0.2)
 
@@ -89,7 +95,8 @@ class Federation:
         try:
             return child.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{child.name} did not exit within {timeout}s\n{child.log_tail(30)}") from None
+            dump_stacks([child])
+            raise AssertionError(f"{child.name} did not exit within {timeout}s\n{child.log_tail(60)}") from None
 
     def log_text(self, child: Child) -> str:
         return child.log_path.read_text(errors="replace")
@@ -104,6 +111,23 @@ def federation(tmp_path: Path, *, clients: int, rounds: int, **overrides: Any) -
     config_path.write_text(cfg.to_yaml())
     with ProcessGroup(tmp_path / "logs") as group:
         yield Federation(cfg, out_dir, group, config_path)
+
+
+def dump_stacks(children: list[Child]) -> list[Child]:
+    """SIGABRT to those of ``children`` still running, which (PYTHONFAULTHANDLER) write every
+    thread's Python stack to their logs and die; returns them. Only for a test that already failed."""
+    hung = [c for c in children if c.returncode is None]
+    for child in hung:
+        try:
+            os.kill(child.process.pid, signal.SIGABRT)
+        except ProcessLookupError:
+            pass
+    for child in hung:
+        try:
+            child.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+    return hung
 
 
 def processes_mentioning(text: str) -> list[str]:

@@ -2,12 +2,19 @@
 started with the containers' entrypoints, hit with the faults a cluster deals out (kill -9, a
 stalled process, a server restart, SIGTERM, a wrong token) while they train.
 
-Four federations, each shared by several promises (TensorFlow takes ~10-40 s to import per process):
+Six federations, each shared by several promises (TensorFlow takes ~10-40 s to import per process):
 - TLS + bearer token, 2 clients and one client with a wrong token; it is also the uninterrupted
   reference run for the server-restart test (same training config and seed);
 - server kill -9 and restart on the same output_dir (2 clients);
 - client kill -9 and a client stalled past the deadline (4 clients, min_results 3);
-- mutual TLS, then SIGTERM to every process mid-training.
+- mutual TLS, then SIGTERM to every process mid-training (the default ``mean`` aggregator: no
+  process starts TFF's worker_binary);
+- the ``robust`` aggregator, the only kind of server that runs TFF's worker_binary: the worker is
+  killed, the server fails loudly, and a restarted server resumes (2 clients);
+- a client built for another model than the server's (it must refuse the task and say why).
+
+Clients train in their own process (no TFF worker), so a stalled client is the client process
+itself stopped with SIGSTOP; the TFF worker that can die is the server's (robust / dp aggregators).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from federation_harness import Federation, federation, processes_mentioning, worker_binaries
+from federation_harness import Federation, dump_stacks, federation, processes_mentioning, worker_binaries
 
 from services.runner.processes import Child
 
@@ -63,7 +71,9 @@ def wait_for(fed: Federation, what: str, predicate: Callable[[], bool], *, may_d
         dead = [c for c in fed.group.children if c.returncode not in (None, 0) and id(c) not in allowed]
         if dead or time.monotonic() > end:
             why = f"{', '.join(c.name for c in dead)} died" if dead else "timed out"
-            logs = "\n".join(f"--- {c.name} (rc={c.returncode})\n{c.log_tail(25)}" for c in fed.group.children)
+            hung = [] if dead else dump_stacks(fed.group.children)  # where each live process was
+            logs = "\n".join(f"--- {c.name} (rc={c.returncode})\n{c.log_tail(80 if c in hung else 25)}"
+                             for c in fed.group.children)
             raise AssertionError(f"{why} waiting for {what}\n{logs}")
         time.sleep(0.2)
 
@@ -211,7 +221,7 @@ def test_server_killed_and_restarted_resumes(tmp_path: Path, tls_run: TlsRun, fa
         first = fed.start_server()
         clients = [fed.start_client(i) for i in range(2)]
         wait_for(fed, "two rounds", lambda: len(fed.records()) >= 2)
-        first.signal(signal.SIGKILL)  # the whole group: TFF's worker_binary too
+        first.signal(signal.SIGKILL)  # the whole group
         assert fed.wait_exit(first, 30) == -signal.SIGKILL
         at_kill = rounds_of(fed.records())
         assert len(at_kill) < REFERENCE_ROUNDS, "training finished before the kill: nothing was tested"
@@ -220,11 +230,19 @@ def test_server_killed_and_restarted_resumes(tmp_path: Path, tls_run: TlsRun, fa
         assert [wait_exit(fed, c, may_die=[first]) for c in clients] == [0, 0]
         records = fed.records()
         resumed = msgs(second, "resumed from checkpoint")
-        applied = [e["round"] for s in (first, second) for e in msgs(s, "round applied")]
+        applied = {s.name: [e["round"] for e in msgs(s, "round applied")] for s in (first, second)}
+        recorded = [e["round"] for s in (first, second) for e in msgs(s, "round recorded")]
         rejoined = [c for c in clients if msgs(c, "rejoined")]
     assert rounds_of(records) == list(range(1, REFERENCE_ROUNDS + 1))  # every round once, none twice
-    assert len(applied) == len(set(applied)), f"a round was applied twice: {applied}"
-    assert resumed and resumed[0]["round"] >= at_kill[-1]
+    assert len(recorded) == len(set(recorded)), f"a round was recorded twice: {recorded}"
+    # The checkpoint is written after a round is applied (by a writer thread, and the metrics line
+    # after it): the restart resumes from the last durable one, at or after the last metrics line,
+    # and redoes only the rounds the first server applied after it.
+    assert resumed
+    checkpointed = resumed[0]["round"]
+    assert at_kill[-1] <= checkpointed <= max(applied["server"])
+    assert applied["server-restarted"] == list(range(checkpointed + 1, REFERENCE_ROUNDS + 1))
+    assert applied["server"] == list(range(1, max(applied["server"]) + 1))
     assert rejoined == clients  # both clients outlived the server and joined the new one
     ours, reference = records[-1]["eval_accuracy"], tls_run.records[-1]["eval_accuracy"]
     assert abs(ours - reference) <= 0.01, (ours, reference)
@@ -232,13 +250,15 @@ def test_server_killed_and_restarted_resumes(tmp_path: Path, tls_run: TlsRun, fa
                   f"SIGKILL to the server's process group after >= 2 of {REFERENCE_ROUNDS} rounds; a new server "
                   "started on the same checkpoint directory", "resumes; rounds 1..N once each; final accuracy within "
                   "1 point of an uninterrupted run",
-                  f"resumed from the checkpoint; rounds 1..{REFERENCE_ROUNDS} each applied once; clients reconnected "
-                  "with backoff and rejoined; final held-out accuracy within 1 point of the uninterrupted (TLS) run")
+                  f"resumed from the last durable checkpoint, redoing only rounds applied after it; rounds "
+                  f"1..{REFERENCE_ROUNDS} each recorded once; clients reconnected with backoff and rejoined; final "
+                  "held-out accuracy within 1 point of the uninterrupted (TLS) run")
 
 
 # ---- 3. client kill -9 and a client stalled past the deadline ---------------------------------------
 def worker_binary_of(child: Child) -> int:
-    """The pid of the TFF worker_binary a client process started (its training engine)."""
+    """The pid of the TFF worker_binary a process started (the server's, with the robust or dp
+    aggregator)."""
     for pid in worker_binaries():
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -254,10 +274,35 @@ def first_round_without(records: Callable[[], list[dict[str, Any]]], after: int)
     return lambda: any(r["round"] > after and r["clients"] == 3 for r in records())
 
 
+def stop_while_holding_a_task(fed: Federation, server: Child, child: Child, cid: str, *,
+                              may_die: list[Child]) -> int:
+    """SIGSTOP ``child`` (the client process itself: it trains in-process) while the round in
+    progress counts on it: the round has started and no result of this client has been accepted for
+    it, so its task is being trained or is on its way to it. Returns that round. If a result of the
+    client lands anyway (it was sent just before the stop), thaw it and try again on a later round."""
+    end = time.monotonic() + EXIT_TIMEOUT_S
+    while time.monotonic() < end:
+        evs = events(server)
+        started = [e["round"] for e in evs if e.get("msg") == "round started"]
+        applied = {e["round"] for e in evs if e.get("msg") == "round applied"}
+        mine = {e["round"] for e in evs if e.get("msg") == "result accepted" and e.get("client_id") == cid}
+        if started and started[-1] not in applied | mine:
+            round_number = started[-1]
+            os.kill(child.process.pid, signal.SIGSTOP)
+            time.sleep(1.0)  # a result already on the wire is accepted and logged within this
+            if round_number not in accepted_rounds(server, cid):
+                return round_number
+            os.kill(child.process.pid, signal.SIGCONT)
+        dead = [c.name for c in fed.group.children if c.returncode not in (None, 0) and c not in may_die]
+        assert not dead, f"{', '.join(dead)} died while waiting to stop {child.name}"
+        time.sleep(0.02)
+    raise AssertionError(f"found no round in which to stop {child.name}")
+
+
 def test_client_killed_and_client_stalled(tmp_path: Path, faults) -> None:
     """4 clients, all sampled each round, min_results 3. client-0 is killed with SIGKILL (and later
-    restarted under the same name, as kubelet restarts a container); client-1's training is frozen
-    (SIGSTOP to its TFF worker process) until the round it was training for has closed."""
+    restarted under the same name, as kubelet restarts a container); client-1 is frozen (SIGSTOP to
+    the client process) while it holds a round's task, until that round has been applied without it."""
     rounds, deadline = 30, 10.0
     with federation(tmp_path, clients=4, rounds=rounds, **{
         "training.min_results": 3, "training.round_deadline_s": deadline,
@@ -278,14 +323,13 @@ def test_client_killed_and_client_stalled(tmp_path: Path, faults) -> None:
                  may_die=[killed])
 
         stalled_id = client_id(server, "client-1")
-        worker = worker_binary_of(stalled)
-        os.kill(worker, signal.SIGSTOP)
+        stall_round = stop_while_holding_a_task(fed, server, stalled, stalled_id, may_die=[killed])
         try:
-            pre_stall = max(accepted_rounds(server, stalled_id), default=0)
-            wait_for(fed, "a round without client-1", first_round_without(fed.records, pre_stall),
+            wait_for(fed, "a round without client-1", first_round_without(fed.records, stall_round - 1),
                      may_die=[killed])
+            applied_while_stopped = rounds_of(fed.records())
         finally:
-            os.kill(worker, signal.SIGCONT)
+            os.kill(stalled.process.pid, signal.SIGCONT)
         exits = {c.name: wait_exit(fed, c, may_die=[killed]) for c in [server, restarted, *clients[1:]]}
         records = fed.records()
         stalled_events = events(stalled)
@@ -295,15 +339,16 @@ def test_client_killed_and_client_stalled(tmp_path: Path, faults) -> None:
     killed_rounds = accepted_rounds_from(server_events, killed_id)
     stalled_rounds = accepted_rounds_from(server_events, stalled_id)
     kill_round = min(r for r in by_round if r > pre_kill and r not in killed_rounds)
-    stall_round = min(r for r in by_round if r > pre_stall and r not in stalled_rounds)
     assert exits == {"server": 0, "client-0": 0, "client-1": 0, "client-2": 0, "client-3": 0}
     assert rounds_of(records) == list(range(1, rounds + 1))  # finished; no round applied twice
     assert (by_round[kill_round]["clients"], by_round[kill_round]["sampled"]) == (3, 4)
     assert max(killed_rounds) > kill_round  # the restarted client-0 trained again
+    assert stall_round in applied_while_stopped and stall_round not in stalled_rounds
     assert (by_round[stall_round]["clients"], by_round[stall_round]["sampled"]) == (3, 4)
     # Once thawed, client-1 finished its old task; the server refused the result as stale.
     late = [e for e in stalled_events if e.get("msg") == "result not used"]
-    assert late and late[0]["round"] == stall_round and "not open" in late[0]["why"], stalled_events[-5:]
+    # (A slow start can make client-1 late for round 1 too: look for the stalled round's.)
+    assert [e for e in late if e["round"] == stall_round and "not open" in e["why"]], late
     stale = [e for e in server_events if e.get("msg", "").startswith("rejected request") and e.get("reason") == "stale"]
     assert any(f"round {stall_round} " in e["msg"] for e in stale), stale
     assert max(stalled_rounds) > stall_round  # and it trained later rounds
@@ -312,8 +357,8 @@ def test_client_killed_and_client_stalled(tmp_path: Path, faults) -> None:
                   "the round completes with the other 3; training finishes; no round twice",
                   "that round was applied at its deadline with 3 of 4 sampled clients; the restarted client rejoined "
                   f"and trained; all {rounds} rounds applied once each; every live process exited 0")
-    faults.record(AREA, "client stalled past the deadline", "SIGSTOP to a client's TFF worker process (its training) "
-                  "during a round; SIGCONT once a round was applied without it",
+    faults.record(AREA, "client stalled past the deadline", "SIGSTOP to a client process (it trains in-process) "
+                  "while it holds a round's task; SIGCONT once that round was applied without it",
                   "excluded from that round; late result refused as stale (FAILED_PRECONDITION); client does not crash",
                   "that round was applied with 3 of 4 clients; the late result was refused with FAILED_PRECONDITION "
                   "('not open (stale or replayed)'); the client logged it, trained later rounds and exited 0")
@@ -323,10 +368,14 @@ def accepted_rounds_from(server_events: list[dict[str, Any]], cid: str) -> set[i
     return {e["round"] for e in server_events if e.get("msg") == "result accepted" and e.get("client_id") == cid}
 
 
-# ---- 4. mutual TLS, a dead TFF worker, then SIGTERM everything mid-training ------------------------
+def worker_messages(child: Child) -> list[str]:
+    return [e["msg"] for e in events(child) if "worker_binary" in e.get("msg", "")]
+
+
+# ---- 4. mutual TLS, then SIGTERM everything mid-training ------------------------------------------
 def test_mutual_tls_then_sigterm_stops_everything_cleanly(tmp_path: Path, faults) -> None:
-    """Three clients train over mutual TLS. client-2's TFF worker process is killed: the client must
-    fail loudly (TFF alone would retry forever). Then SIGTERM to everyone else mid-training."""
+    """Three clients train over mutual TLS with the default mean aggregator, which runs no TFF
+    worker_binary anywhere. Then SIGTERM to every process mid-training."""
     before = worker_binaries()
     pki = make_pki(tmp_path / "tls")
     settings = {
@@ -338,36 +387,114 @@ def test_mutual_tls_then_sigterm_stops_everything_cleanly(tmp_path: Path, faults
         server = fed.start_server()
         clients = [fed.start_client(i, *client_tls) for i in range(3)]
         wait_for(fed, "two rounds over mutual TLS", lambda: len(fed.records()) >= 2)
+        started_workers = worker_binaries() - before
 
-        broken = clients[2]
-        os.kill(worker_binary_of(broken), signal.SIGKILL)
-        broken_exit = wait_exit(fed, broken, timeout=SIGTERM_EXIT_S)
-        broken_log = msgs(broken, "TFF worker_binary")
-
-        everyone = [server, *clients[:2]]
+        everyone = [server, *clients]
         for child in everyone:  # as tini -g forwards a Pod's SIGTERM to the process group
             child.signal(signal.SIGTERM)
-        exits = {c.name: wait_exit(fed, c, timeout=SIGTERM_EXIT_S, may_die=[broken]) for c in everyone}
+        exits = {c.name: wait_exit(fed, c, timeout=SIGTERM_EXIT_S) for c in everyone}
         records = fed.records()
         logs = {c.name: msgs(c, "signal SIGTERM") for c in everyone}
+        worker_logs = {c.name: worker_messages(c) for c in everyone}
         from services.server import checkpoint
 
         ckpt = checkpoint.load(fed.out_dir)
-    assert broken_exit == 1
-    assert broken_log and broken_log[-1]["level"] == "critical" and "died with signal 9" in broken_log[-1]["msg"]
-    assert exits == {"server": 0, "client-0": 0, "client-1": 0}
+    assert started_workers == set(), started_workers
+    assert worker_logs == {c: [] for c in worker_logs}
+    assert exits == {"server": 0, "client-0": 0, "client-1": 0, "client-2": 0}
     assert all(logs.values()), logs
     assert processes_mentioning(str(tmp_path)) == []
     assert worker_binaries() <= before
     # Stopped between rounds or mid-round: whatever was applied is checkpointed, nothing half-applied.
     assert rounds_of(records) == list(range(1, len(records) + 1)) and len(records) >= 2
-    assert ckpt is not None and ckpt.header["round"] == len(records)
+    assert ckpt is not None and ckpt.header["round"] == len(records) and len(ckpt.parts) == 3
+    # The metrics line is the checkpoint's record, written after it was durable (plus how long that took).
+    assert ckpt.header["record"] == {k: v for k, v in records[-1].items() if k != "checkpoint_s"}
+    assert records[-1]["checkpoint_s"] >= 0
     faults.record(SECURITY, "mutual TLS", "server requires client certificates signed by the CA; 3 clients present "
                   "one", "training runs", "rounds applied over mutual TLS with all 3 clients")
-    faults.record(AREA, "TFF worker process of a client killed", "SIGKILL to a training client's TFF worker_binary",
-                  "the client fails loudly instead of hanging (TFF retries a dead worker forever)",
-                  "the client logged 'TFF worker_binary ... died with signal 9; exiting' and exited 1")
     faults.record(AREA, "SIGTERM mid-training", "SIGTERM to the server's and the clients' process groups at once "
                   "(as tini -g forwards it)", f"all exit 0 (waited up to {SIGTERM_EXIT_S} s); no process left; resumable",
-                  "server and clients logged the signal and exited 0; no process or TFF worker_binary left; "
-                  "metrics and checkpoint agree on the last applied round")
+                  "server and clients logged the signal and exited 0; no process left (and, with the mean aggregator, "
+                  "no TFF worker_binary was ever started); metrics and checkpoint agree on the last applied round")
+
+
+# ---- 5. the server's TFF worker (robust aggregator) killed, then a restart ---------------------------
+def ready_worker_pid(server: Child) -> int:
+    ready = [m for m in worker_messages(server) if "ready" in m]
+    assert ready, f"{server.name} logged no ready TFF worker_binary"
+    match = re.search(r"pid (\d+)", ready[-1])
+    assert match, ready[-1]
+    return int(match.group(1))
+
+
+def test_server_tff_worker_killed_fails_loudly_then_resumes(tmp_path: Path, faults) -> None:
+    """With the robust aggregator the server runs TFF's worker_binary. SIGKILL to it mid-training:
+    the server must exit 1 at once with a clear message (TFF alone would retry the dead worker
+    forever). A new server on the same output_dir resumes from the checkpoint (robust aggregator
+    state included), finishes, and stops its own worker; the clients ride it out."""
+    before = worker_binaries()
+    rounds = 5
+    with federation(tmp_path, clients=2, rounds=rounds, **{"training.aggregator": "robust"}) as fed:
+        first = fed.start_server()
+        clients = [fed.start_client(i) for i in range(2)]
+        wait_for(fed, "two robust rounds", lambda: len(fed.records()) >= 2)
+        worker = worker_binary_of(first)
+        assert worker == ready_worker_pid(first)
+        killed_at = time.monotonic()
+        os.kill(worker, signal.SIGKILL)
+        first_exit = wait_exit(fed, first, timeout=SIGTERM_EXIT_S)
+        exited_after = time.monotonic() - killed_at
+        died = [e for e in events(first) if "worker_binary" in e.get("msg", "") and "died" in e.get("msg", "")]
+        at_kill = rounds_of(fed.records())
+        assert len(at_kill) < rounds, "training finished before the kill: nothing was tested"
+
+        second = fed.start_server("server-restarted")
+        wait_for(fed, "the restarted server's TFF worker", lambda: bool(worker_messages(second)), may_die=[first])
+        second_worker = ready_worker_pid(second)
+        assert wait_exit(fed, second, may_die=[first]) == 0
+        client_exits = [wait_exit(fed, c, may_die=[first]) for c in clients]
+        records = fed.records()
+        resumed = msgs(second, "resumed from checkpoint")
+        rejoined = [c for c in clients if msgs(c, "rejoined")]
+        live_workers = worker_binaries()
+    assert first_exit == 1 and exited_after < 10, (first_exit, exited_after)
+    assert died and died[-1]["level"] == "critical" and "died with signal 9" in died[-1]["msg"], died
+    assert worker not in live_workers and second_worker not in live_workers
+    assert resumed and at_kill[-1] <= resumed[0]["round"] <= at_kill[-1] + 1  # a checkpoint may precede its metrics line
+    assert rounds_of(records) == list(range(1, rounds + 1))  # every round once, none twice
+    assert client_exits == [0, 0] and rejoined == clients
+    assert processes_mentioning(str(tmp_path)) == []
+    assert worker_binaries() <= before
+    faults.record(AREA, "the server's TFF worker process killed", "training.aggregator robust (the server runs TFF's "
+                  "worker_binary); SIGKILL to that worker after >= 2 rounds; then a new server on the same output_dir",
+                  "the server fails loudly instead of hanging (TFF retries a dead worker forever); the restart resumes",
+                  "the server logged 'TFF worker_binary ... died with signal 9; exiting' and exited 1 within seconds; "
+                  f"the new server resumed from the checkpoint (robust aggregator state included), rounds 1..{rounds} "
+                  "were each recorded once, and it exited 0, stopping its own worker; the clients rejoined and exited "
+                  "0; no worker_binary left")
+
+
+# ---- 6. a client built for another model -------------------------------------------------------------
+def test_client_of_another_model_refuses_the_task(tmp_path: Path, faults) -> None:
+    """A client whose model differs from the server's (model.hidden_units) gets a task whose layout
+    fingerprint is not its own: it must exit 2 and say so, not train on or send garbage."""
+    with federation(tmp_path, clients=1, rounds=1) as fed:
+        server = fed.start_server()
+        other = fed.start_client(0, "model.hidden_units=16")
+        other_exit = wait_exit(fed, other)
+        errors = [e for e in events(other) if e.get("level") == "error"]
+        log_text = fed.log_text(other)
+        server.signal(signal.SIGTERM)
+        server_exit = wait_exit(fed, server, timeout=SIGTERM_EXIT_S, may_die=[other])
+        records = fed.records()
+        accepted = msgs(server, "result accepted")
+    assert other_exit == 2, log_text[-3000:]
+    assert errors and "model layout" in errors[-1]["msg"] and "same task" in errors[-1]["msg"], errors
+    assert "Traceback" not in log_text
+    assert server_exit == 0 and records == [] and accepted == []
+    faults.record(AREA, "client built for another model", "a client with model.hidden_units 16 joins a server "
+                  "training the 32-unit model", "the client refuses the task, says why and exits 2; nothing is sent",
+                  "the task's layout fingerprint differed from the client's: it logged 'the server's model uses model "
+                  "layout ...: server and clients must run the same task' (no traceback) and exited 2; no result "
+                  "reached the server")

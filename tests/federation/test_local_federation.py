@@ -1,6 +1,8 @@
 """The README's main job, for real: ``tff-k8s local`` starts a server and client processes on
 loopback, trains on the bundled digits, and leaves results (and no processes) behind. The
-distributed result must equal TFF's own single-process FedAvg on the same data."""
+distributed result must equal TFF's own single-process FedAvg on the same data: clients train
+in-process (TFF's client update as a tf.function) and the server folds a weighted mean, so this
+equality is what shows they still compute ``build_weighted_fed_avg``."""
 
 from __future__ import annotations
 
@@ -56,6 +58,10 @@ def test_default_run_succeeds_and_writes_results(default_run) -> None:
     rows = records(out)
     assert [r["round"] for r in rows] == list(range(1, 11))
     assert all(r["clients"] == 4 for r in rows)
+    for r in rows:  # a round's seconds are its collection and aggregation; evaluation and checkpoint follow
+        assert r["seconds"] == pytest.approx(r["collect_s"] + r["aggregate_s"], abs=2e-3)
+        assert r["started_at"] <= r["time"] and r["evaluate_s"] >= 0 and r["checkpoint_s"] >= 0
+    assert [r["started_at"] for r in rows] == sorted(r["started_at"] for r in rows)
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "held-out accuracy" in proc.stdout
 
@@ -115,5 +121,8 @@ def test_three_clients_equal_tff_fedavg_after_three_rounds(three_client_run) -> 
 def test_runner_leaves_no_process_behind(default_run, three_client_run) -> None:
     for out, *_ in (default_run, three_client_run):
         assert processes_mentioning(str(out)) == []
+        # The mean aggregator trains and aggregates in-process: no process started TFF's worker_binary.
+        logs = sorted((out / "logs").glob("*.log"))
+        assert len(logs) >= 4 and not [p.name for p in logs if "worker_binary" in p.read_text(errors="replace")]
     # No TFF worker_binary left by the runs (the reference computations own and stop theirs).
     assert worker_binaries() <= default_run[2]
