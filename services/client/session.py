@@ -8,12 +8,11 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.common.chunking import assemble, data_messages, data_of
+from services.common.chunking import assemble, data_messages, data_of, serialize_chunk
 from services.common.config import FederationConfig
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
@@ -91,7 +90,7 @@ class Session:
             f"/{SERVICE}/GetTask", request_serializer=pb.TaskRequest.SerializeToString,
             response_deserializer=_raw)
         self._submit = self.channel.stream_unary(
-            f"/{SERVICE}/SubmitResult", request_serializer=_serialize,
+            f"/{SERVICE}/SubmitResult", request_serializer=serialize_chunk,
             response_deserializer=pb.SubmitReply.FromString)
         c = cfg.client
         self.backoff = Backoff(c.reconnect_initial_s, c.reconnect_max_s, c.give_up_after_s)
@@ -173,10 +172,6 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 
 def _raw(data: bytes) -> bytes:
     return data
-
-
-def _serialize(message: Any) -> bytes:
-    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def _task_chunk(raw: bytes | None) -> pb.TaskChunk | None:

@@ -37,7 +37,7 @@ class ClientUpdate:
         self.task = task
         # Tracing TFF's client work (for the types) builds a Keras model inside a tf.Graph, which
         # invalidates Keras models made before it: trace first, then build the model used here.
-        self.weights_type, self.result_type = task.weights_type, task.result_type
+        self.weights_type = task.weights_type
         self.model = task.model_fn()
         self.optimizer = client_optimizer(task.training)
         # client_work's state is the optimizer's hyperparameters (see build_model_delta_client_work).
@@ -69,8 +69,8 @@ class ClientTrainer:
         self.task = task
         self.update = update
         self.dataset = to_dataset(data, cfg.training)
-        self.weights_layout = tensors.Layout.of(self.task.weights_type)
-        self.result_layout = tensors.Layout.of(self.task.result_type)
+        self.weights_layout = task.weights_layout
+        self.result_layout = task.result_layout
 
     def train(self, layout: str, weights_bytes: Any) -> tuple[memoryview, dict[str, float]]:
         """Decode (layout-, size- and finiteness-checked) global weights, train locally, return

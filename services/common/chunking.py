@@ -10,6 +10,7 @@ transfer; anything that is not exactly such a message goes through protobuf as u
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 class PayloadError(ValueError):
@@ -40,6 +41,12 @@ def data_messages(data: bytes | bytearray | memoryview, chunk_bytes: int) -> Ite
     for start in range(0, len(view), chunk_bytes):
         part = view[start : start + chunk_bytes]
         yield b"".join((bytes((DATA_TAG,)), _varint(len(part)), part))
+
+
+def serialize_chunk(message: Any) -> bytes:
+    """A gRPC serializer for chunk streams: data chunks come already serialized
+    (:func:`data_messages`), headers as protobuf messages."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def data_of(message: bytes) -> memoryview | None:

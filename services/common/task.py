@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from services.common import tensors
 from services.common.config import ModelSettings, TrainingSettings
 from services.common.data import NUM_CLASSES, NUM_FEATURES, Arrays
 
@@ -99,6 +100,16 @@ class Task:
     def result_type(self) -> tff.Type:
         """What a client sends back: ``ClientResult(update, update_weight)``."""
         return self.client_work.next.type_signature.result.result.member
+
+    @cached_property
+    def weights_layout(self) -> tensors.Layout:
+        """How the global model travels (services/common/tensors.py)."""
+        return tensors.Layout.of(self.weights_type)
+
+    @cached_property
+    def result_layout(self) -> tensors.Layout:
+        """How a client's result travels."""
+        return tensors.Layout.of(self.result_type)
 
 
 def weights_to_keras(weights: tff.learning.models.ModelWeights, model: tf.keras.Model) -> tf.keras.Model:

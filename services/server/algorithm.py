@@ -142,8 +142,8 @@ class ServerAlgorithm:
             self.aggregator = factory.create(result_type.update)
         finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer(training), task.weights_type)
         self.step = OptimizerStep(server_optimizer(training), task.weights_type)
-        self.weights_layout = tensors.Layout.of(task.weights_type)
-        self.result_layout = tensors.Layout.of(result_type)
+        self.weights_layout = task.weights_layout
+        self.result_layout = task.result_layout
         self.finalizer_type = finalizer.initialize.type_signature.result.member
         self.finalizer_layout = tensors.Layout.of(self.finalizer_type)
         self.aggregator_type = self.aggregator.initialize.type_signature.result.member

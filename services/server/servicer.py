@@ -12,7 +12,14 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.common.chunking import PayloadError, assemble, check_size, data_messages, data_of
+from services.common.chunking import (
+    PayloadError,
+    assemble,
+    check_size,
+    data_messages,
+    data_of,
+    serialize_chunk,
+)
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
@@ -64,11 +71,6 @@ def _lenient_chunk(message_type: Any) -> Callable[[bytes], Any]:
     return read
 
 
-def _serialize(message: Any) -> bytes:
-    """Data chunks arrive already serialized (:func:`data_messages`); headers are messages."""
-    return message if isinstance(message, bytes) else message.SerializeToString()
-
-
 def add_to_server(servicer: FederationServicer, server: grpc.Server) -> None:
     """Like the generated ``add_FederationServicer_to_server``, with deserializers that let the
     servicer refuse unparsable messages itself."""
@@ -78,7 +80,7 @@ def add_to_server(servicer: FederationServicer, server: grpc.Server) -> None:
             response_serializer=pb.JoinReply.SerializeToString),
         "GetTask": grpc.unary_stream_rpc_method_handler(
             servicer.GetTask, request_deserializer=_lenient(pb.TaskRequest),
-            response_serializer=_serialize),
+            response_serializer=serialize_chunk),
         "SubmitResult": grpc.stream_unary_rpc_method_handler(
             servicer.SubmitResult, request_deserializer=_lenient_chunk(pb.ResultChunk),
             response_serializer=pb.SubmitReply.SerializeToString),
