@@ -14,6 +14,7 @@ worker_binary, with the robust and dp aggregators only).
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import statistics
@@ -77,10 +78,14 @@ def _records(out: Path) -> list[dict[str, Any]]:
 
 
 def _tx_between(samples: list[tuple[float, int]], start: float, end: float) -> int:
-    """Loopback bytes sent between two wall times, from counter samples taken every ~10 ms."""
+    """Loopback bytes sent between two wall times, from counter samples taken every ~10 ms: from
+    the last sample at or before ``start`` to the first at or after ``end``, so a window shorter
+    than the sampling interval is never undercounted (it may include up to two samples' traffic
+    more)."""
     times = [t for t, _ in samples]
-    counts = [c for _, c in samples]
-    return int(np.interp(end, times, counts) - np.interp(start, times, counts))
+    first = max(bisect.bisect_right(times, start) - 1, 0)
+    last = min(bisect.bisect_left(times, end), len(samples) - 1)
+    return samples[last][1] - samples[first][1]
 
 
 def run(size_mb: float, clients: int, rounds: int) -> dict[str, Any]:
@@ -119,8 +124,8 @@ def run(size_mb: float, clients: int, rounds: int) -> dict[str, Any]:
             "ours", size_mb, clients, periods,
             first_round_s=records[1]["started_at"] - records[0]["started_at"],
             client_work_s=[r["client_seconds_max"] for r in measured],
-            loopback_bytes=[_tx_between(tx, a["started_at"], b["started_at"])
-                            for a, b in zip(records[1:], records[2:], strict=False)],
+            # Over all measured rounds at once: sampling error spread over them, not added to each.
+            loopback_bytes=[_tx_between(tx, records[1]["started_at"], records[-1]["started_at"]) // rounds] * rounds,
             server_peak_rss_mb=rss.peak_mb,
             notes=f"hidden_units={hidden_units(size_mb)}; {processes} client processes; "
                   "round = start of one round to the start of the next",

@@ -40,7 +40,9 @@ pytestmark = pytest.mark.slow
 
 AREA = "fault tolerance"
 SECURITY = "transport security"
-REFERENCE_ROUNDS = 6  # the TLS run and the server-restart run train the same 6 rounds (2 clients, seed 0)
+# The TLS run and the server-restart run train the same rounds (2 clients, seed 0); enough of them
+# that the server is still training when the restart test kills it (a round takes ~0.1 s).
+REFERENCE_ROUNDS = 20
 EXIT_TIMEOUT_S = 240  # liveness bound for a federation to finish (TF start-up is slow on 2 cores)
 SIGTERM_EXIT_S = 30  # liveness bound for a clean stop after SIGTERM
 
@@ -167,7 +169,7 @@ class TlsRun:
 
 @pytest.fixture(scope="module")
 def tls_run(tmp_path_factory: pytest.TempPathFactory) -> TlsRun:
-    """Server with TLS and a bearer token; two clients with the right token train 6 rounds; a third
+    """Server with TLS and a bearer token; two clients with the right token train REFERENCE_ROUNDS rounds; a third
     with a wrong token is refused."""
     tmp = tmp_path_factory.mktemp("tls-token")
     pki = make_pki(tmp / "tls")
