@@ -57,12 +57,12 @@ class FederationClient:
                 return
             if header.kind != pb.TaskHeader.TRAIN:
                 continue
-            result, metrics = trainer.train(header.layout, weights)
+            trained = trainer.train(header.layout, weights)
             del weights  # the model buffer: free it before the upload
             try:
-                self.session.submit(joined.client_id, header, result, trainer.result_layout.fingerprint, metrics)
+                self.session.submit(joined.client_id, header, trained, trainer.result_layout.fingerprint)
                 self.rounds_trained += 1
-                log.info("result sent", extra=fields(round=header.round, **metrics))
+                log.info("result sent", extra=fields(round=header.round, **trained.metrics))
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     joined, trainer = self._rejoin(joined, trainer)

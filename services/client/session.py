@@ -8,16 +8,20 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.common.chunking import assemble, data_messages, data_of, serialize_chunk
+from services.common.chunking import assemble, data_messages, data_of, payload_nbytes, serialize_chunk
 from services.common.config import FederationConfig
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
 from services.common.transport import call_metadata, channel, read_token
+
+if TYPE_CHECKING:  # the trainer pulls in TensorFlow
+    from services.client.trainer import Trained
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
 POLL_TIMEOUT_S = 60.0  # the server answers a long poll within ~10 s
 MAX_TASK_BYTES = 4 * 1024 * 1024 * 1024
-SUBMIT_TIMEOUT_S = 600.0  # a large update may wait for one of the server's upload slots
+SUBMIT_TIMEOUT_S = 600.0  # a large update may wait for an upload slot (robust / dp aggregators)
 
 
 class ServerGone(RuntimeError):
@@ -129,10 +133,10 @@ class Session:
         assert isinstance(reply, pb.JoinReply)
         return Joined(reply.client_id, reply.shard_index, reply.num_shards)
 
-    def get_task(self, client_id: str) -> tuple[pb.TaskHeader, bytearray]:
+    def get_task(self, client_id: str) -> tuple[pb.TaskHeader, memoryview]:
         """One long poll: (header, model bytes) for TRAIN, (header, empty) otherwise."""
 
-        def call() -> tuple[pb.TaskHeader, bytearray]:
+        def call() -> tuple[pb.TaskHeader, memoryview]:
             stream = self._get_task(pb.TaskRequest(client_id=client_id), metadata=self.metadata,
                                     timeout=POLL_TIMEOUT_S)
             first = _task_chunk(next(stream, None))
@@ -140,7 +144,7 @@ class Session:
                 raise ProtocolError("task stream did not start with a header")
             header = first.header
             if header.kind != pb.TaskHeader.TRAIN:
-                return header, bytearray()
+                return header, memoryview(b"")
             data = assemble((_task_data(raw) for raw in stream), expected_bytes=header.payload_bytes,
                             max_bytes=MAX_TASK_BYTES)
             return header, data
@@ -149,12 +153,14 @@ class Session:
         assert isinstance(result, tuple)
         return result
 
-    def submit(self, client_id: str, header: pb.TaskHeader, result: bytes | memoryview, layout: str,
-               metrics: dict[str, float]) -> pb.SubmitReply:
+    def submit(self, client_id: str, header: pb.TaskHeader, trained: Trained, layout: str) -> pb.SubmitReply:
+        result = trained.result
+
         def messages() -> Iterator[pb.ResultChunk | bytes]:
             yield pb.ResultChunk(header=pb.ResultHeader(
                 client_id=client_id, task_id=header.task_id, round=header.round,
-                payload_bytes=len(result), layout=layout, metrics=metrics))
+                payload_bytes=payload_nbytes(result),
+                layout=layout, metrics=trained.metrics, update_weight=trained.weight))
             yield from data_messages(result, self.cfg.server.chunk_bytes)
 
         reply = self.retrying(lambda: self._submit(messages(), metadata=self.metadata, timeout=SUBMIT_TIMEOUT_S),

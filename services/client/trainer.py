@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,14 +55,23 @@ class ClientUpdate:
 
     def __call__(self, weights: list[np.ndarray], dataset: tf.data.Dataset) -> tuple[list[np.ndarray], dict[str, float]]:
         """Leaves of ``ModelWeights`` in, leaves of ``ClientResult`` and the finalized metrics out."""
-        model_weights = tensors.unflatten(self.weights_type, weights)
+        # Aligned leaves (an aligned receive buffer) go in without a copy, and the result's leaves
+        # come out without one (services.common.tensors.as_tensor / as_array).
+        model_weights = tensors.unflatten(self.weights_type, [tensors.as_tensor(w) for w in weights])
         with _TRAINING:
             # TFF builds fresh metric variables on every call; here they live on, so reset them.
             self.model.reset_metrics()
             result, _ = self.update(self.optimizer, model_weights, dataset, self.hparams)
-            leaves = [np.asarray(t) for t in tensors.flatten(result)]
+            leaves = [tensors.as_array(t) for t in tensors.flatten(result)]
             metrics = {m.name: float(m.result()) for m in self.metrics}
         return leaves, metrics
+
+
+@dataclass(frozen=True)
+class Trained:
+    result: tuple[memoryview, ...]  # the ClientResult in its wire layout: its tensors, back to back
+    weight: float  # its update_weight (also the payload's last tensor)
+    metrics: dict[str, float]
 
 
 class ClientTrainer:
@@ -72,9 +82,8 @@ class ClientTrainer:
         self.weights_layout = task.weights_layout
         self.result_layout = task.result_layout
 
-    def train(self, layout: str, weights_bytes: Any) -> tuple[memoryview, dict[str, float]]:
-        """Decode (layout-, size- and finiteness-checked) global weights, train locally, return
-        (ClientResult bytes, metrics)."""
+    def train(self, layout: str, weights_bytes: Any) -> Trained:
+        """Decode (layout-, size- and finiteness-checked) global weights and train locally."""
         self.weights_layout.check_fingerprint(layout, "the server's model")
         weights = self.weights_layout.decode(weights_bytes)
         started = time.monotonic()
@@ -86,4 +95,4 @@ class ClientTrainer:
             "num_examples": train["num_examples"],
             "seconds": seconds,
         }
-        return self.result_layout.encode(leaves), metrics
+        return Trained(self.result_layout.parts(leaves), float(leaves[-1]), metrics)

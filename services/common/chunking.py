@@ -9,8 +9,12 @@ transfer; anything that is not exactly such a message goes through protobuf as u
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+import numpy as np
+
+from services.common.tensors import aligned_zeros
 
 
 class PayloadError(ValueError):
@@ -35,12 +39,36 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def data_messages(data: bytes | bytearray | memoryview, chunk_bytes: int) -> Iterator[bytes]:
-    """``data`` as serialized chunk messages of at most ``chunk_bytes`` each (one copy per chunk)."""
-    view = memoryview(data)
-    for start in range(0, len(view), chunk_bytes):
-        part = view[start : start + chunk_bytes]
-        yield b"".join((bytes((DATA_TAG,)), _varint(len(part)), part))
+Buffer = bytes | bytearray | memoryview
+
+
+def segments(data: Buffer | Sequence[Buffer]) -> list[memoryview]:
+    """A payload as byte views: one buffer, or several meant back to back (e.g. a model's tensors)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return [memoryview(data).cast("B")]
+    return [memoryview(part).cast("B") for part in data]
+
+
+def payload_nbytes(data: Buffer | Sequence[Buffer]) -> int:
+    return sum(len(view) for view in segments(data))
+
+
+def data_messages(data: Buffer | Sequence[Buffer], chunk_bytes: int) -> Iterator[bytes]:
+    """``data`` (one buffer or several back to back) as serialized chunk messages of at most
+    ``chunk_bytes`` each; the only copy is the one that joins each message."""
+    pieces: list[memoryview] = []
+    filled = 0
+    for view in segments(data):
+        while view:
+            take = view[: chunk_bytes - filled]
+            pieces.append(take)
+            filled += len(take)
+            view = view[len(take) :]
+            if filled == chunk_bytes:
+                yield b"".join((bytes((DATA_TAG,)), _varint(filled), *pieces))
+                pieces, filled = [], 0
+    if filled:
+        yield b"".join((bytes((DATA_TAG,)), _varint(filled), *pieces))
 
 
 def serialize_chunk(message: Any) -> bytes:
@@ -76,12 +104,12 @@ def check_size(announced: int, max_bytes: int) -> None:
         raise PayloadError(f"payload of {announced} bytes exceeds the limit of {max_bytes}", too_large=True)
 
 
-def assemble(parts: Iterable[bytes | memoryview], *, expected_bytes: int, max_bytes: int) -> bytearray:
+def assemble(parts: Iterable[bytes | memoryview], *, expected_bytes: int, max_bytes: int) -> memoryview:
     """Join streamed parts into one buffer of the announced size; refuse a stream that is larger
-    than announced or than ``max_bytes``, or shorter than announced."""
+    than announced or than ``max_bytes``, or shorter than announced. The buffer is writable and
+    starts on a 64-byte boundary (so TensorFlow can read a tensor at its start in place)."""
     check_size(expected_bytes, max_bytes)
-    buf = bytearray(expected_bytes)
-    view = memoryview(buf)
+    view = memoryview(aligned_zeros((expected_bytes,), np.uint8).data)
     filled = 0
     for part in parts:
         end = filled + len(part)
@@ -91,4 +119,4 @@ def assemble(parts: Iterable[bytes | memoryview], *, expected_bytes: int, max_by
         filled = end
     if filled != expected_bytes:
         raise PayloadError(f"stream ended after {filled} of {expected_bytes} announced bytes")
-    return buf
+    return view

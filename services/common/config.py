@@ -47,8 +47,9 @@ class ServerSettings(_Strict):
     )
     upload_slots: int = Field(
         2, ge=1, le=64,
-        description="Client results the server receives at once; each is held whole until it is checked and "
-        "folded in, so the server's peak memory is about (2 + upload_slots) x the model size (mean aggregator).",
+        description="robust and dp aggregators: client results the server receives at once (each is held "
+        "whole, and all are kept until the round ends). The mean aggregator uses none: it folds each result "
+        "in chunk by chunk as it streams in.",
     )
     tff_startup_timeout_s: float = Field(
         120.0, gt=0, description="How long the TFF runtime may take to start before failing loudly."

@@ -22,16 +22,22 @@ INPUT_SPEC = (
 DEFAULT_MODEL = ModelSettings()
 
 
-def keras_model(model: ModelSettings = DEFAULT_MODEL) -> tf.keras.Model:
-    """An MLP over the 64 digits pixels (scaled to [0, 1]) that outputs class logits."""
-    return tf.keras.Sequential(
+def keras_model(model: ModelSettings = DEFAULT_MODEL, *, initialized: bool = True) -> tf.keras.Model:
+    """An MLP over the 64 digits pixels (scaled to [0, 1]) that outputs class logits.
+    ``initialized=False``: zeros instead of random weights, for a model whose weights are
+    assigned right away (drawing random numbers for a large model takes seconds)."""
+    kernel = "glorot_uniform" if initialized else "zeros"
+    net = tf.keras.Sequential(
         [
             tf.keras.layers.InputLayer(input_shape=(NUM_FEATURES,), name="pixels"),
-            tf.keras.layers.Dense(model.hidden_units, activation="relu", name="hidden"),
-            tf.keras.layers.Dense(NUM_CLASSES, name="logits"),
+            tf.keras.layers.Dense(model.hidden_units, activation="relu", kernel_initializer=kernel, name="hidden"),
+            tf.keras.layers.Dense(NUM_CLASSES, kernel_initializer=kernel, name="logits"),
         ],
         name="digits_mlp",
     )
+    for layer in net.layers:  # the same config either way (what a saved model records)
+        layer.kernel_initializer = tf.keras.initializers.get("glorot_uniform")
+    return net
 
 
 def model_fn(model: ModelSettings = DEFAULT_MODEL) -> tff.learning.models.VariableModel:
@@ -79,8 +85,8 @@ class Task:
     def model_fn(self) -> tff.learning.models.VariableModel:
         return model_fn(self.model)
 
-    def keras_model(self) -> tf.keras.Model:
-        return keras_model(self.model)
+    def keras_model(self, *, initialized: bool = True) -> tf.keras.Model:
+        return keras_model(self.model, initialized=initialized)
 
     def initial_weights(self) -> tff.learning.models.ModelWeights:
         return initial_weights(self.training.seed, self.model)
@@ -112,16 +118,29 @@ class Task:
         return tensors.Layout.of(self.result_type)
 
 
-def weights_to_keras(weights: tff.learning.models.ModelWeights, model: tf.keras.Model) -> tf.keras.Model:
-    weights.assign_weights_to(model)
-    return model
+EVAL_MIN_BATCH_ELEMENTS = 1 << 20  # activations a batch may always use (4 MiB of float32)
+
+
+def eval_batch_size(model: tf.keras.Model, examples: int) -> int:
+    """Examples per evaluation batch: the widest layer's activations stay within a quarter of the
+    model's size (or 4 MiB, whichever is more), so evaluating a large model does not cost several
+    copies of it."""
+    widest = max(int(np.prod(layer.output.shape[1:])) for layer in model.layers)
+    budget = max(model.count_params() // 4, EVAL_MIN_BATCH_ELEMENTS)
+    return max(1, min(examples, budget // widest))
 
 
 def evaluate(model: tf.keras.Model, arrays: Arrays) -> dict[str, float]:
-    """Loss and accuracy of ``model`` on ``arrays`` (the held-out set)."""
-    logits = model(arrays.x, training=False).numpy()
-    loss = tf.keras.losses.sparse_categorical_crossentropy(arrays.y, logits, from_logits=True).numpy()
+    """Loss and accuracy of ``model`` on ``arrays`` (the held-out set), in batches
+    (:func:`eval_batch_size`)."""
+    batch = eval_batch_size(model, len(arrays.y))
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(arrays.y), batch):
+        x, y = arrays.x[start : start + batch], arrays.y[start : start + batch]
+        logits = model(x, training=False).numpy()
+        loss_sum += float(np.sum(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
+        correct += int(np.sum(np.argmax(logits, axis=1) == y))
     return {
-        "eval_loss": float(np.mean(loss)),
-        "eval_accuracy": float(np.mean(np.argmax(logits, axis=1) == arrays.y)),
+        "eval_loss": loss_sum / len(arrays.y),
+        "eval_accuracy": correct / len(arrays.y),
     }

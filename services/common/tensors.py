@@ -86,6 +86,19 @@ class Layout:
             view[...] = a  # one copy, casting to the wire dtype
         return memoryview(out).toreadonly()
 
+    def parts(self, arrays: Sequence[np.ndarray]) -> tuple[memoryview, ...]:
+        """The wire form of ``arrays`` without a copy: read-only byte views of each, back to back.
+        Each array must already be C-ordered with its leaf's shape and wire dtype; floats finite."""
+        self._check_count(arrays)
+        out = []
+        for leaf, a in zip(self.leaves, arrays, strict=True):
+            if a.shape != leaf.shape or a.dtype != leaf.dtype or not a.flags.c_contiguous:
+                raise ValueError(f"{leaf.path}: {a.dtype}{list(a.shape)} is not {leaf.dtype}{list(leaf.shape)} in C order")
+            if leaf.dtype.kind == "f" and not np.isfinite(a).all():
+                raise LayoutError(f"{leaf.path} holds NaN or Inf")
+            out.append(a.data.cast("B").toreadonly() if a.size else memoryview(b""))
+        return tuple(out)
+
     # ---- decode --------------------------------------------------------------------------------
     def decode(self, data: bytes | bytearray | memoryview) -> list[np.ndarray]:
         """Views of ``data`` as the leaves (no copy); refuses a wrong size and NaN / Inf."""
@@ -110,6 +123,43 @@ class Layout:
     def _check_count(self, arrays: Sequence[Any]) -> None:
         if len(arrays) != len(self.leaves):
             raise ValueError(f"expected {len(self.leaves)} tensors, got {len(arrays)}")
+
+
+ALIGN = 64  # bytes: what TensorFlow requires of a buffer it uses without copying
+
+
+def aligned_zeros(shape: Sequence[int], dtype: Any) -> np.ndarray:
+    """A zeroed C-order array whose data starts on an ``ALIGN``-byte boundary (pages are only
+    touched when written, as with ``np.zeros``)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    return np.ndarray(tuple(shape), dtype, buffer=raw, offset=-raw.ctypes.data % ALIGN)
+
+
+def aligned_copy(array: Any, dtype: Any = None) -> np.ndarray:
+    out = aligned_zeros(np.shape(array), dtype or np.asarray(array).dtype)
+    out[...] = array
+    return out
+
+
+def as_tensor(array: Any) -> Any:
+    """``array`` as a TensorFlow tensor without a copy when TensorFlow can use its memory as is
+    (C order, ``ALIGN``-byte aligned, writable: DLPack's terms); a copy otherwise. TensorFlow
+    never writes to a function's inputs, so the array is left unchanged."""
+    import tensorflow as tf  # callers already hold TensorFlow
+
+    a = np.asarray(array)
+    if a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % ALIGN == 0 and a.dtype.isnative:
+        return tf.experimental.dlpack.from_dlpack(a.__dlpack__())
+    return tf.convert_to_tensor(a)
+
+
+def as_array(tensor: Any) -> np.ndarray:
+    """A tensor's values as numpy without a copy (the array keeps the tensor's buffer alive),
+    copied into aligned memory in the rare case TensorFlow's buffer is not aligned."""
+    a = np.asarray(tensor._numpy() if hasattr(tensor, "_numpy") else tensor)  # EagerTensor: no copy
+    return a if a.ndim == 0 or a.size == 0 or a.ctypes.data % ALIGN == 0 else aligned_copy(a)
 
 
 def flatten(value: Any) -> list[Any]:

@@ -5,7 +5,9 @@ Exit codes: 0 training finished (or stopped by SIGTERM/SIGINT, resumable), 2 bad
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,7 +20,24 @@ log = logging.getLogger("services.server")
 DONE_LINGER_S = 15.0  # time to tell every live client that training is done
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt() parameters (malloc.h)
+
+
+def tune_malloc() -> bool:
+    """glibc's allocator, for a process that frees model-sized buffers every round: allocations of
+    4 MiB and more always come from the kernel and go back to it when freed, and at most 2 arenas.
+    By default glibc raises its mmap threshold (up to 32 MiB) after the first large buffer is
+    freed and keeps later ones in per-thread arenas, which kept about twice the model resident
+    (bench/memory.py). False where the C library is not glibc (nothing changed)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 4 << 20)) and bool(libc.mallopt(M_ARENA_MAX, 2))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_malloc()
     setup("server")
     try:
         cfg = config_from_argv("server", sys.argv[1:] if argv is None else argv)
@@ -37,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    # TensorFlow's oneDNN build allocates through a caching allocator that keeps what it freed: the
+    # model-sized buffers of start-up and of each round's step would stay resident. The server's
+    # TensorFlow work (the optimizer step, evaluation) gains nothing from oneDNN: switch it off
+    # before TensorFlow loads.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from services.common.tff_runtime import TffRuntime  # heavy: TensorFlow + TFF
     from services.server.app import FederationServer
 

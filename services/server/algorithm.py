@@ -5,14 +5,15 @@ server optimizer. The math is TFF's, so the result equals
 ``tff.learning.algorithms.build_weighted_fed_avg`` on the same data.
 
 Speed: the finalizer's step (TFF's optimizer and non-finite check) runs in this process as a
-``tf.function``, and with the ``mean`` aggregator :class:`WeightedMeanFold` folds each result in
-as it arrives, so a round never ships the model through TFF's execution context (its C++
+``tf.function``, and with the ``mean`` aggregator :class:`~services.server.fold.StreamingMean`
+folds each result in as it streams in, so a round never ships the model through TFF's execution context (its C++
 ``worker_binary`` behind a local gRPC link). The ``robust`` and ``dp`` aggregators are stateful
 TFF processes that take all results at once; only they use the TFF runtime.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,7 @@ from tensorflow_federated.python.learning.templates import apply_optimizer_final
 from services.common import codec, tensors
 from services.common.config import TrainingSettings
 from services.common.task import Task, server_optimizer
-
-FOLD_BLOCK = 1 << 20  # elements per step of the fold: bounds its scratch memory to 4 MiB
+from services.server.fold import StreamingMean
 
 
 def aggregation_factory(training: TrainingSettings):  # type: ignore[no-untyped-def]
@@ -38,51 +38,14 @@ def aggregation_factory(training: TrainingSettings):  # type: ignore[no-untyped-
     return tff.aggregators.MeanFactory()
 
 
-class WeightedMeanFold:
-    """``MeanFactory``'s weighted mean, folded in as results arrive: sum(weight * update) and
-    sum(weight) in float32, divided at the end, the same math as TFF's federated computation up to
-    the order of the additions. Holds one model-sized sum and a 4 MiB scratch block."""
-
-    def __init__(self) -> None:
-        self.sum: list[np.ndarray] | None = None
-        self.weight = np.float32(0)
-        self.count = 0
-        self._scratch = np.empty(0, np.float32)
-
-    def add(self, result: Result) -> None:
-        update, w = result.update, np.float32(result.weight)
-        if self.sum is None:
-            self.sum = [np.zeros(u.shape, np.float32) for u in update]
-            self._scratch = np.empty(min(FOLD_BLOCK, max(u.size for u in update)), np.float32)
-        for acc, part in zip(self.sum, update, strict=True):
-            flat_acc, flat = acc.reshape(-1), np.asarray(part, np.float32).reshape(-1)
-            for start in range(0, flat.size, FOLD_BLOCK):
-                block = self._scratch[: min(FOLD_BLOCK, flat.size - start)]
-                np.multiply(flat[start : start + block.size], w, out=block)
-                flat_acc[start : start + block.size] += block
-        self.weight = np.float32(self.weight + w)
-        self.count += 1
-
-    def mean(self) -> list[np.ndarray]:
-        """The weighted mean, computed in place (the fold is spent afterwards)."""
-        if self.sum is None:
-            raise ValueError("no results were folded in")
-        mean, self.sum = self.sum, None
-        for part in mean:
-            if self.weight == 0:
-                part[...] = 0
-            else:
-                part /= self.weight
-        return mean
-
-
 @dataclass(frozen=True)
 class ServerState:
     """Everything that defines the federation after ``round`` rounds (what a checkpoint holds).
-    ``weights`` are the leaves of ``ModelWeights``, views over ``payload`` (their wire form)."""
+    ``weights`` are the leaves of ``ModelWeights`` (aligned, so TensorFlow reads them in place);
+    ``payload`` is their wire form, views of the same memory. Never written to once made."""
 
     round: int
-    payload: memoryview
+    payload: tuple[memoryview, ...]
     weights: list[np.ndarray]
     aggregator: Any
     finalizer: Any  # the server optimizer's state, a structure of numpy arrays
@@ -112,15 +75,16 @@ class OptimizerStep:
         return _to_numpy(tf.function(lambda: self.optimizer.initialize(self.specs))())
 
     def __call__(self, state: Any, trainable: list[np.ndarray], update: list[np.ndarray]) -> tuple[Any, list[np.ndarray]]:
-        """One step. Consumes ``update``: each array is released once TensorFlow has its copy, so the
-        update is never held twice (the server's peak memory is a few models, see ServerAlgorithm)."""
-        tensors_in = []
-        for i, part in enumerate(update):
-            tensors_in.append(tf.convert_to_tensor(part))
-            update[i] = None  # type: ignore[call-overload]
-            del part
-        new_state, new_weights = self._step(state, tuple(trainable), tuple(tensors_in))
-        return _to_numpy(new_state), [np.asarray(w) for w in new_weights]
+        """One step. The weights and the update go in without copies (:func:`services.common.tensors.as_tensor`) and the
+        new weights come out without copies, so the step holds three models at its peak: the old
+        weights, the update and the new weights. Consumes ``update``."""
+        update_in = tuple(tensors.as_tensor(u) for u in update)
+        update.clear()
+        weights_in = tuple(tensors.as_tensor(w) for w in trainable)
+        state_in = tf.nest.map_structure(tensors.as_tensor, state)
+        new_state, new_weights = self._step(state_in, weights_in, update_in)
+        del update_in
+        return tf.nest.map_structure(tensors.as_array, new_state), [tensors.as_array(w) for w in new_weights]
 
 
 def _to_numpy(structure: Any) -> Any:
@@ -155,13 +119,26 @@ class ServerAlgorithm:
 
     @property
     def streaming(self) -> bool:
-        """The mean aggregator folds results in as they arrive (:class:`WeightedMeanFold`); the
+        """The mean aggregator folds results in as they stream in (services.server.fold); the
         robust and dp aggregators keep per-round state and take all results at once."""
         return self.training.aggregator == "mean"
 
-    def _state(self, round_number: int, leaves: Sequence[Any], aggregator: Any, finalizer: Any) -> ServerState:
-        payload = self.weights_layout.encode(leaves)
-        return ServerState(round_number, payload, self.weights_layout.decode(payload), aggregator, finalizer)
+    def new_fold(self) -> StreamingMean | None:
+        """The round's running sum (mean aggregator), or None (results are kept whole)."""
+        return StreamingMean(self.result_layout) if self.streaming else None
+
+    def _state(self, round_number: int, leaves: list[np.ndarray], aggregator: Any, finalizer: Any) -> ServerState:
+        """``leaves`` become the state's weights as they are (aligned, never written to again)."""
+        payload = self.weights_layout.parts(leaves)  # checks shapes, dtypes and finiteness
+        return ServerState(round_number, payload, leaves, aggregator, finalizer)
+
+    def _aligned(self, leaves: Sequence[Any]) -> list[np.ndarray]:
+        """Aligned copies in the wire dtypes, made one at a time (each original is let go)."""
+        source, out = list(leaves), []
+        for i, leaf in enumerate(self.weights_layout.leaves):
+            out.append(tensors.aligned_copy(source[i], leaf.dtype.newbyteorder("=")))
+            source[i] = None
+        return out
 
     def initialize(self) -> ServerState:
         if self.streaming:
@@ -169,7 +146,8 @@ class ServerAlgorithm:
         else:
             self.run_tff()
             aggregator = self.aggregator.initialize()
-        weights = tensors.flatten(self.task.initial_weights())
+        weights = self._aligned(tensors.flatten(self.task.initial_weights()))
+        gc.collect()  # the Keras model that drew them holds reference cycles: free its weights now
         return self._state(0, weights, aggregator, self.step.initialize())
 
     def finalize(self, state: ServerState, update: list[np.ndarray], aggregator: Any) -> ServerState:
@@ -179,7 +157,7 @@ class ServerAlgorithm:
         del update
         return self._state(state.round + 1, [*new_trainable, *rest], aggregator, opt_state)
 
-    def apply_mean(self, state: ServerState, fold: WeightedMeanFold) -> ServerState:
+    def apply_mean(self, state: ServerState, fold: StreamingMean) -> ServerState:
         """One round from a folded weighted mean (the mean aggregator is stateless)."""
         return self.finalize(state, fold.mean(), state.aggregator)
 
@@ -191,19 +169,19 @@ class ServerAlgorithm:
             agg = self.aggregator.next(state.aggregator, updates, [r.weight for r in results])
         else:
             agg = self.aggregator.next(state.aggregator, updates)
-        update = [np.asarray(u, np.float32) for u in tensors.flatten(agg.result)]
+        update = [tensors.aligned_copy(u, np.float32) for u in tensors.flatten(agg.result)]
         return self.finalize(state, update, agg.state)
 
     # ---- the checkpoint form: weights and optimizer state in their layouts, then the aggregator's
     # state as a TFF Value (robust / dp hold strings; type-checked when read back) ----------------
-    def encode_state(self, state: ServerState) -> list[memoryview | bytes]:
+    def encode_state(self, state: ServerState) -> list[memoryview | bytes | tuple[memoryview, ...]]:
         return [
             state.payload,
             self.finalizer_layout.encode(tensors.flatten(state.finalizer)),
             codec.encode(state.aggregator, self.aggregator_type),
         ]
 
-    def decode_state(self, round_number: int, parts: Sequence[bytes | bytearray | memoryview]) -> ServerState:
+    def decode_state(self, round_number: int, parts: Sequence[Any]) -> ServerState:
         if len(parts) != 3:
             raise tensors.LayoutError(f"a server state has 3 parts, got {len(parts)}")
         weights, finalizer, aggregator = parts
@@ -212,7 +190,7 @@ class ServerAlgorithm:
         # flattened by tf.nest, which orders dict keys the same way on both sides.
         opt_state = tf.nest.pack_sequence_as(self.step.initialize(), tf.nest.flatten(decoded))
         agg_state = codec.decode(bytes(aggregator), self.aggregator_type)
-        leaves = self.weights_layout.decode(weights)
+        leaves = self._aligned(self.weights_layout.decode(weights))
         return self._state(round_number, leaves, agg_state, opt_state)
 
 

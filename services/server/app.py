@@ -21,22 +21,18 @@ from typing import Any
 
 import grpc
 import numpy as np
+import tensorflow as tf
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.config import FederationConfig
 from services.common.data import load_digits_split
 from services.common.logs import fields
-from services.common.task import Task, evaluate, weights_to_keras
+from services.common.task import Task, evaluate
+from services.common.tensors import as_tensor
 from services.common.tff_runtime import use_in_this_thread
 from services.common.transport import SERVER_OPTIONS, TokenAuthInterceptor, read_token, server_credentials
 from services.server import checkpoint
-from services.server.algorithm import (
-    ServerAlgorithm,
-    ServerState,
-    WeightedMeanFold,
-    as_model_weights,
-    decode_result,
-)
+from services.server.algorithm import ServerAlgorithm, ServerState, as_model_weights, decode_result
 from services.server.coordinator import Coordinator, Result
 from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server
 from services.server.telemetry import Telemetry, memory_mb
@@ -79,8 +75,10 @@ class FederationServer:
         # Only the robust and dp aggregators run TFF computations (the caller starts the runtime).
         self.algorithm = ServerAlgorithm(self.task, training, run_tff=use_in_this_thread)
         _, self.eval_data = load_digits_split(cfg.data.eval_fraction, training.seed)
-        self.eval_model = self.task.keras_model()
+        # Zeros, not a random draw: its weights are replaced by the state's before every use.
+        self.eval_model = self.task.keras_model(initialized=False)
         self.state, rng, assignments = self._restore_or_init()
+        self._keras_model(self.state)  # its variables adopt the weights: the zeros are freed now
         self.coordinator = Coordinator(
             min_clients=training.min_clients,
             clients_per_round=training.clients_per_round,
@@ -137,6 +135,19 @@ class FederationServer:
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(path)
 
+    def _keras_model(self, state: ServerState) -> tf.keras.Model:
+        """The evaluation model holding ``state``'s weights. They are handed to TensorFlow without
+        a copy and its variables adopt them (TensorFlow's AssignVariableOp takes over a buffer
+        that nothing else in TensorFlow references), so the model holds no second copy of the
+        weights; the state's weights are never written to (only ever read)."""
+        weights = as_model_weights(self.task, state.weights)
+        model = self.eval_model
+        for variable, value in zip(model.trainable_variables, weights.trainable, strict=True):
+            variable.assign(as_tensor(value))
+        for variable, value in zip(model.non_trainable_variables, weights.non_trainable, strict=True):
+            variable.assign(as_tensor(value))
+        return model
+
     def _record(self, state: ServerState, record: dict[str, Any]) -> None:
         """Hand round ``state`` to the writer thread, which evaluates it on the held-out data,
         checkpoints it and then appends its metrics line, while the next round runs."""
@@ -150,8 +161,7 @@ class FederationServer:
 
         def evaluated_checkpoint() -> checkpoint.Checkpoint:
             started = time.monotonic()
-            weights_to_keras(as_model_weights(self.task, state.weights), self.eval_model)
-            record.update(evaluate(self.eval_model, self.eval_data))
+            record.update(evaluate(self._keras_model(state), self.eval_data))
             record["evaluate_s"] = round(time.monotonic() - started, 4)
             return checkpoint.Checkpoint(header, self.algorithm.encode_state(state))
 
@@ -223,12 +233,13 @@ class FederationServer:
                 return False
             started, started_at = time.monotonic(), time.time()
             round_number = self.state.round + 1
-            fold = WeightedMeanFold() if self.algorithm.streaming else None
+            fold = self.algorithm.new_fold()
             task = self.coordinator.open_round(
-                round_number, self.state.payload, self.algorithm.weights_layout.fingerprint,
-                fold.add if fold else None)
+                round_number, self.state.payload, self.algorithm.weights_layout.fingerprint, fold)
             log.info("round started", extra=fields(round=round_number, sampled=len(task.sampled)))
             results = self.coordinator.wait_round(task)
+            if fold is not None:
+                fold.close()  # uploads still streaming in stop here (see services.server.fold)
             if self.stop_event.is_set():
                 return False
             if len(results) < required:
@@ -237,6 +248,9 @@ class FederationServer:
                     round=round_number, results=len(results), required=required))
                 continue
             collected = time.monotonic()
+            # The previous round's evaluation and checkpoint must be done: the step below holds
+            # three models at once, and the server's memory bound counts on nothing else.
+            self.writer.flush()
             if fold is not None:
                 self.state = self.algorithm.apply_mean(self.state, fold)
             else:
@@ -262,7 +276,7 @@ class FederationServer:
     def export_model(self) -> Path:
         path = self.out_dir / MODEL_FILE
         tmp = self.out_dir / f".tmp-{MODEL_FILE}"
-        weights_to_keras(as_model_weights(self.task, self.state.weights), self.eval_model).save(tmp)
+        self._keras_model(self.state).save(tmp)
         tmp.replace(path)
         log.info("model exported", extra=fields(path=str(path), round=self.state.round))
         return path

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.chunking import segments
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"TFFK8S-CKPT\x03\n"
@@ -39,7 +41,9 @@ class CheckpointError(RuntimeError):
 @dataclass(frozen=True)
 class Checkpoint:
     header: dict[str, Any]  # round, rng state, shard assignments, config fingerprint
-    parts: Sequence[Buffer]  # the encoded ServerState (see ServerAlgorithm.encode_state)
+    # The encoded ServerState (see ServerAlgorithm.encode_state): each part one buffer, or several
+    # written back to back (read back as one).
+    parts: Sequence[Buffer | Sequence[Buffer]]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -52,19 +56,22 @@ def _fsync_dir(path: Path) -> None:
 
 def save(directory: Path, checkpoint: Checkpoint) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    sizes = [memoryview(p).nbytes for p in checkpoint.parts]
+    parts = [segments(part) for part in checkpoint.parts]
+    sizes = [sum(len(view) for view in part) for part in parts]
     head = json.dumps({**checkpoint.header, "parts": sizes}, sort_keys=True).encode()
     # The digest covers the header and the state: a flipped bit in either is caught on load.
     digest = hashlib.sha256(head)
-    for part in checkpoint.parts:
-        digest.update(part)
+    for part in parts:
+        for view in part:
+            digest.update(view)
     final = directory / CHECKPOINT_NAME
     tmp = directory / f".{CHECKPOINT_NAME}.tmp"
     with open(tmp, "wb") as f:
         f.write(MAGIC + digest.digest() + struct.pack(">Q", len(head)))
         f.write(head)
-        for part in checkpoint.parts:
-            f.write(part)
+        for part in parts:
+            for view in part:
+                f.write(view)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)

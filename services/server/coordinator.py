@@ -46,14 +46,15 @@ class Result:
 class RoundTask:
     round: int
     task_id: str
-    payload: bytes | memoryview  # the global model in its wire layout
+    payload: Any  # the global model in its wire layout: a buffer, or a sequence of them back to back
     layout: str  # the fingerprint of that layout
     sampled: frozenset[str]
     deadline: float
     results: dict[str, Result] = field(default_factory=dict)
-    # Folds each accepted value into the round's aggregate as it arrives (then the value is
-    # dropped), so the server's memory does not grow with the number of clients.
-    fold: Callable[[Any], None] | None = None
+    uploading: set[str] = field(default_factory=set)  # clients whose result is streaming in
+    # The mean aggregator's running sum (services.server.fold.StreamingMean), which results are
+    # folded into chunk by chunk as they stream in; None: results are kept whole (robust, dp).
+    fold: Any = None
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.deadline - now)
@@ -135,19 +136,30 @@ class Coordinator:
                     return TaskKind.WAIT, None
                 self._cv.wait(min(left, 1.0))
 
-    def check_submission(self, client_id: str, task_id: str, round_number: int) -> RoundTask:
-        """Cheap checks before a result's payload is read: is it wanted at all?"""
+    def begin_upload(self, client_id: str, task_id: str, round_number: int) -> RoundTask:
+        """Cheap checks before a result's payload is read (is it wanted at all, and not already
+        streaming in?); pair with :meth:`end_upload`."""
         with self._cv:
             self._known(client_id).last_seen = self.clock()
-            return self._wanted(client_id, task_id, round_number)
+            task = self._wanted(client_id, task_id, round_number)
+            if client_id in task.uploading:
+                raise Reject("duplicate", f"a result for round {round_number} from this client is already streaming in")
+            task.uploading.add(client_id)
+            return task
 
-    def submit(self, client_id: str, task_id: str, round_number: int, result: Result) -> None:
+    def end_upload(self, task: RoundTask, client_id: str) -> None:
+        with self._cv:
+            task.uploading.discard(client_id)
+
+    def submit(self, client_id: str, task_id: str, round_number: int, result: Result,
+               on_accept: Callable[[], None] | None = None) -> None:
+        """Accept a result; ``on_accept`` runs under the lock once it is known to be wanted (a
+        refused result never counts in the aggregate)."""
         with self._cv:
             record = self._known(client_id)
             task = self._wanted(client_id, task_id, round_number)
-            if task.fold is not None:  # under the lock: a refused result never touches the aggregate
-                task.fold(result.value)
-                result = Result(None, result.metrics, result.payload_bytes)
+            if on_accept is not None:
+                on_accept()
             task.results[client_id] = result
             record.busy_round = 0
             record.last_seen = self.clock()
@@ -165,8 +177,7 @@ class Coordinator:
                 self._cv.wait(poll_s)
             return not self._stopped
 
-    def open_round(self, round_number: int, payload: bytes | memoryview, layout: str,
-                   fold: Callable[[Any], None] | None = None) -> RoundTask:
+    def open_round(self, round_number: int, payload: Any, layout: str, fold: Any = None) -> RoundTask:
         with self._cv:
             # By name, not by the random ids: the same seed samples the same clients on every run.
             live = sorted(self._live(), key=lambda cid: self._clients[cid].name)

@@ -7,9 +7,11 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from services.common.chunking import (
@@ -18,13 +20,15 @@ from services.common.chunking import (
     check_size,
     data_messages,
     data_of,
+    payload_nbytes,
     serialize_chunk,
 )
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
 from services.common.tensors import Layout, LayoutError
-from services.server.coordinator import Coordinator, Reject, Result, TaskKind
+from services.server.coordinator import Coordinator, Reject, Result, RoundTask, TaskKind
+from services.server.fold import RoundClosed
 from services.server.telemetry import Telemetry, memory_mb
 
 log = logging.getLogger(__name__)
@@ -93,7 +97,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self,
         coordinator: Coordinator,
         result_layout: Layout,
-        decode_result: Callable[[bytearray], Any],
+        decode_result: Callable[[memoryview], Any],
         telemetry: Telemetry,
         *,
         chunk_bytes: int,
@@ -104,8 +108,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.coordinator = coordinator
         self.result_layout = result_layout
         self.decode_result = decode_result
-        # Results being received are held whole until they are checked and folded in: at most
-        # ``upload_slots`` at a time, so the server's memory does not grow with the client count.
+        # With the robust and dp aggregators results are held whole until the round ends; at most
+        # ``upload_slots`` are being received at a time. (The mean aggregator holds none: it folds
+        # each chunk in as it arrives, services.server.fold.)
         self.upload_slots = threading.BoundedSemaphore(upload_slots)
         self.telemetry = telemetry
         self.chunk_bytes = chunk_bytes
@@ -143,19 +148,19 @@ class FederationServicer(pb_grpc.FederationServicer):
         if kind is TaskKind.WAIT or task is None:
             yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.WAIT))
             return
-        payload = task.payload
+        payload_bytes = payload_nbytes(task.payload)
         yield pb.TaskChunk(
             header=pb.TaskHeader(
                 kind=pb.TaskHeader.TRAIN,
                 round=task.round,
                 task_id=task.task_id,
-                payload_bytes=len(payload),
+                payload_bytes=payload_bytes,
                 layout=task.layout,
                 deadline_s=task.remaining(self.coordinator.clock()),
             )
         )
-        yield from data_messages(payload, self.chunk_bytes)
-        self.telemetry.add_bytes(sent=len(payload))
+        yield from data_messages(task.payload, self.chunk_bytes)
+        self.telemetry.add_bytes(sent=payload_bytes)
 
     def SubmitResult(self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext) -> pb.SubmitReply:  # noqa: N802
         first = next(request_iterator, None)
@@ -165,32 +170,30 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._abort(context, "invalid", "a result stream must start with a ResultHeader")
         h = first.header
         try:
-            task = self.coordinator.check_submission(h.client_id, h.task_id, h.round)
-            metrics = _validate_metrics(h.metrics)
-            check_size(h.payload_bytes, self.max_payload_bytes)
-            self.result_layout.check_fingerprint(h.layout, "this result")
-            if h.payload_bytes != self.result_layout.nbytes:
-                raise LayoutError(f"expected {self.result_layout.nbytes} bytes for this model, "
-                                  f"the header announces {h.payload_bytes}")
-            if not self.upload_slots.acquire(timeout=task.remaining(self.coordinator.clock())):
-                raise Reject("stale", f"round {h.round} closed while the result waited for an upload slot")
-            # A stalled or slow upload must not hold its slot past its round: cancel it at the deadline.
-            cutoff = threading.Timer(task.remaining(self.coordinator.clock()), context.cancel)
-            cutoff.daemon = True
-            cutoff.start()
+            task = self.coordinator.begin_upload(h.client_id, h.task_id, h.round)
             try:
-                data = assemble(_data_parts(request_iterator), expected_bytes=h.payload_bytes,
-                                max_bytes=self.max_payload_bytes)
-                self.telemetry.add_bytes(received=len(data))
-                value = self.decode_result(data)
-                _validate_weight(value.weight)
-                self.coordinator.submit(h.client_id, h.task_id, h.round, Result(value, metrics, len(data)))
-                del data, value  # folded in (mean) or kept by the coordinator (robust, dp)
+                metrics = _validate_metrics(h.metrics)
+                check_size(h.payload_bytes, self.max_payload_bytes)
+                self.result_layout.check_fingerprint(h.layout, "this result")
+                if h.payload_bytes != self.result_layout.nbytes:
+                    raise LayoutError(f"expected {self.result_layout.nbytes} bytes for this model, "
+                                      f"the header announces {h.payload_bytes}")
+                _validate_weight(h.update_weight)
+                # A stalled or slow upload must not outlive its round: cancel it at the deadline.
+                cutoff = threading.Timer(task.remaining(self.coordinator.clock()), context.cancel)
+                cutoff.daemon = True
+                cutoff.start()
+                try:
+                    receive = self._fold_in if task.fold is not None else self._hold
+                    receive(task, h, Result(None, metrics, h.payload_bytes), _data_parts(request_iterator))
+                finally:
+                    cutoff.cancel()
             finally:
-                cutoff.cancel()
-                self.upload_slots.release()
+                self.coordinator.end_upload(task, h.client_id)
         except Reject as exc:
             self._abort(context, exc.reason, str(exc))
+        except RoundClosed as exc:
+            self._abort(context, "stale", f"round {h.round}: {exc}")
         except PayloadError as exc:
             self._abort(context, "too_large" if exc.too_large else "invalid", str(exc))
         except LayoutError as exc:
@@ -202,6 +205,35 @@ class FederationServicer(pb_grpc.FederationServicer):
             raise
         log.info("result accepted", extra=fields(client_id=h.client_id, round=h.round, bytes=h.payload_bytes, **memory_mb()))
         return pb.SubmitReply(accepted=True, detail=f"round {h.round} result accepted")
+
+    def _fold_in(self, task: RoundTask, h: pb.ResultHeader, result: Result, parts: Iterator[Any]) -> None:
+        """The mean aggregator: each chunk is checked and added to the round's sum as it arrives."""
+        upload = task.fold.begin(h.client_id, h.update_weight)
+        try:
+            for part in parts:
+                upload.feed(part)
+                self.telemetry.add_bytes(received=len(part))
+            upload.finish()
+            self.coordinator.submit(h.client_id, h.task_id, h.round, result, on_accept=upload.commit)
+        finally:
+            upload.abort()  # no-op once committed; else the weight counts for what was delivered
+
+    def _hold(self, task: RoundTask, h: pb.ResultHeader, result: Result, parts: Iterator[Any]) -> None:
+        """Aggregators that take all results at once (robust, dp): the result is received whole,
+        at most ``upload_slots`` at a time."""
+        if not self.upload_slots.acquire(timeout=task.remaining(self.coordinator.clock())):
+            raise Reject("stale", f"round {h.round} closed while the result waited for an upload slot")
+        try:
+            data = assemble(parts, expected_bytes=h.payload_bytes, max_bytes=self.max_payload_bytes)
+            self.telemetry.add_bytes(received=len(data))
+            value = self.decode_result(data)
+            if np.float32(value.weight) != np.float32(h.update_weight):
+                raise LayoutError(f"the payload's update_weight ({value.weight}) is not the header's "
+                                  f"({h.update_weight})")
+            self.coordinator.submit(h.client_id, h.task_id, h.round, replace(result, value=value))
+            del data, value  # kept by the coordinator
+        finally:
+            self.upload_slots.release()
 
 
 def _data_parts(chunks: Iterator[Any]) -> Iterator[bytes | memoryview]:
@@ -230,5 +262,7 @@ def _validate_metrics(metrics: Any) -> dict[str, float]:
 
 
 def _validate_weight(weight: float) -> None:
-    if not weight > 0:
-        raise Reject("invalid", f"update_weight must be > 0, got {weight}")
+    with np.errstate(over="ignore"):
+        w = np.float32(weight)
+    if not (np.isfinite(w) and w > 0):
+        raise Reject("invalid", f"update_weight must be a finite number > 0, got {weight}")

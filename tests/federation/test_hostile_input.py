@@ -1,19 +1,29 @@
 """Hostile input: whatever a peer sends, the server answers with a precise gRPC status, the open
-round keeps only valid results, nothing invalid reaches the round's aggregate and the global model
-is untouched.
+round keeps only valid results, no NaN or Inf a peer sends (and nothing outside the layout)
+reaches the round's aggregate, and the global model is untouched.
 
 In-process but real: the server's own FederationServicer, Coordinator, Telemetry, wire layout
-(``tensors.Layout`` of the task's ``ClientResult`` type, decoded by ``algorithm.decode_result``) and
-streaming weighted-mean fold (``WeightedMeanFold``, what the default ``mean`` aggregator folds each
-accepted result into), served by a gRPC server on loopback and driven through a gRPC stub, so
-every request goes through gRPC framing and deserialization.
+(``tensors.Layout`` of the task's ``ClientResult`` type) and streaming weighted mean
+(``services.server.fold.StreamingMean``, what ``ServerAlgorithm.new_fold()`` makes for the default
+``mean`` aggregator: each chunk of a result is checked, then added to the round's running sum as it
+arrives), served by a gRPC server on loopback and driven through a gRPC stub, so every request goes
+through gRPC framing and deserialization. Some tests open the round with ``fold=None`` instead: the
+robust / dp path, where results are received whole (``algorithm.decode_result``), one upload slot
+each.
 
 A result is the ClientResult's tensors back to back in the server's layout (float32
 update.0[64,32], update.1[32], update.2[32,10], update.3[10], then update_weight), announced by a
-header that names the layout's fingerprint and the exact byte count. The peer chooses no type,
-shape or dtype, and nothing it sends is parsed beyond protobuf framing: the cases that attacked
-the old TFF Value-proto decoding (wrong types, lying shapes, a tf.data GraphDef) are now either a
-size or fingerprint mismatch or plain numbers, which the tests below show."""
+header that names the layout's fingerprint, the exact byte count and the update_weight (which the
+payload's last float32 must equal). The peer chooses no type, shape or dtype, and nothing it sends
+is parsed beyond protobuf framing: the cases that attacked the old TFF Value-proto decoding (wrong
+types, lying shapes, a tf.data GraphDef) are now either a size or fingerprint mismatch or plain
+numbers, which the tests below show.
+
+On the mean path a refused upload is never a result (not in the round's results, no count, no
+weight in the total), but what it delivered before it was refused is already in the running sum:
+whole, finite elements of a prefix of its update, and its weight counts for exactly those
+coordinates (``StreamingMean.partial``, see services/server/fold.py), so every coordinate of the
+mean is still the weighted mean of the updates that reached it. The tests check exactly that."""
 
 from __future__ import annotations
 
@@ -44,8 +54,9 @@ tff = pytest.importorskip("tensorflow_federated")
 from services.common import tensors  # noqa: E402  (after TFF: the layout is derived from TFF types)
 from services.common.task import Task  # noqa: E402
 from services.server.algorithm import Result as Update  # noqa: E402
-from services.server.algorithm import WeightedMeanFold, decode_result  # noqa: E402
+from services.server.algorithm import decode_result  # noqa: E402
 from services.server.coordinator import Coordinator, RoundTask  # noqa: E402
+from services.server.fold import StreamingMean  # noqa: E402
 from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server  # noqa: E402
 from services.server.telemetry import Telemetry  # noqa: E402
 
@@ -53,6 +64,8 @@ AREA = "hostile input"
 MAX_PAYLOAD = 64 * 1024  # server.max_payload_bytes for these tests (a valid result is 9644 bytes)
 UPLOAD_SLOTS = 2  # server.upload_slots (its default)
 CHUNK = 4096
+UPDATE_ELEMENTS = 2410  # float32 numbers in a ClientResult's update (64*32 + 32 + 32*10 + 10)
+WEIGHT = 10.0  # the update_weight of the valid results below
 CALL_TIMEOUT_S = 20  # a hang is a failure (DEADLINE_EXCEEDED is not an allowed answer)
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -73,7 +86,8 @@ class Wire:
     channel: grpc.Channel
     layout: tensors.Layout  # of the ClientResult the server expects
     weights_layout: tensors.Layout  # of the ModelWeights it sends
-    global_weights: bytes  # the initial global model in its wire layout
+    global_parts: tuple[memoryview, ...]  # the initial global model as the server holds it: a view per tensor
+    global_weights: bytes  # the same, joined: its wire layout
     other_layout: tensors.Layout  # a ClientResult of another model (hidden_units 16)
 
     def raw(self, method: str, streaming: bool) -> Callable[..., Any]:
@@ -103,10 +117,15 @@ def wire() -> Iterator[Wire]:
     task = Task(TrainingSettings())
     layout = tensors.Layout.of(task.result_type)
     weights_layout = tensors.Layout.of(task.weights_type)
-    global_weights = bytes(weights_layout.encode(tensors.flatten(task.initial_weights())))
+    initial = tensors.flatten(task.initial_weights())
+    global_parts = weights_layout.parts([tensors.aligned_copy(a, leaf.dtype)
+                                         for a, leaf in zip(initial, weights_layout.leaves, strict=True)])
+    global_weights = b"".join(global_parts)
+    assert global_weights == bytes(weights_layout.encode(initial))
     other_layout = tensors.Layout.of(Task(TrainingSettings(), ModelSettings(hidden_units=16)).result_type)
     assert [leaf.path for leaf in layout.leaves] == ["update.0", "update.1", "update.2", "update.3", "update_weight"]
     assert layout.nbytes == 9644 and weights_layout.nbytes == 9640 and other_layout.fingerprint != layout.fingerprint
+    assert sum(int(np.prod(leaf.shape)) for leaf in layout.leaves[:-1]) == UPDATE_ELEMENTS
     telemetry = Telemetry()
     servicer = FederationServicer(
         new_coordinator(), layout, lambda data: decode_result(layout, data), telemetry,
@@ -119,7 +138,7 @@ def wire() -> Iterator[Wire]:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield Wire(servicer, telemetry, pb_grpc.FederationStub(channel), channel, layout, weights_layout,
-                   global_weights, other_layout)
+                   global_parts, global_weights, other_layout)
     finally:
         channel.close()
         server.stop(None).wait()
@@ -133,29 +152,38 @@ def new_coordinator(clients: int = 2, deadline_s: float = 600) -> Coordinator:
 @dataclass
 class Round:
     """An open round with two sampled clients (alice, bob) and a third, unsampled one (carol). The
-    round folds accepted results into a real ``WeightedMeanFold`` (as the server's default ``mean``
-    aggregator does) and keeps a copy of every value folded in (``folded``)."""
+    round folds results into a real ``StreamingMean`` as they stream in (as the server's default
+    ``mean`` aggregator does); ``buffered=True`` opens it with ``fold=None`` instead (the robust /
+    dp path: results are received whole, one upload slot each, and kept by the coordinator)."""
 
     wire: Wire
     coordinator: Coordinator
     alice: str
     bob: str
     carol: str
+    buffered: bool = False
     task: RoundTask = field(init=False)
-    fold: WeightedMeanFold = field(init=False)
-    folded: list[Update] = field(init=False)
+    fold: StreamingMean | None = field(init=False)
 
     def open(self, number: int) -> RoundTask:
-        fold, folded = WeightedMeanFold(), []
-
-        def add(value: Update) -> None:  # called by the coordinator for an accepted result only
-            folded.append(Update([np.array(u, copy=True) for u in value.update], value.weight))
-            fold.add(value)
-
-        self.fold, self.folded = fold, folded
-        self.task = self.coordinator.open_round(number, self.wire.global_weights,
-                                                self.wire.weights_layout.fingerprint, add)
+        self.fold = None if self.buffered else StreamingMean(self.wire.layout)
+        self.task = self.coordinator.open_round(number, self.wire.global_parts,
+                                                self.wire.weights_layout.fingerprint, fold=self.fold)
+        assert self.task.fold is self.fold
         return self.task
+
+    def close(self, task: RoundTask) -> dict[str, Any]:
+        """What the server's round loop does: wait for the round to close, then close its fold
+        (uploads still streaming in stop there)."""
+        results = self.coordinator.wait_round(task)
+        if task.fold is not None:
+            task.fold.close()
+        return results
+
+    @property
+    def mean(self) -> StreamingMean:
+        assert self.fold is not None, "a buffered round has no fold"
+        return self.fold
 
     def current(self) -> RoundTask:
         task = self.coordinator._task
@@ -163,11 +191,11 @@ class Round:
         return task
 
 
-def open_round(wire: Wire) -> Round:
+def open_round(wire: Wire, *, buffered: bool = False) -> Round:
     coordinator = new_coordinator()
     wire.servicer.coordinator = coordinator
     alice, bob = coordinator.join("alice").client_id, coordinator.join("bob").client_id
-    rnd = Round(wire, coordinator, alice, bob, "")
+    rnd = Round(wire, coordinator, alice, bob, "", buffered)
     task = rnd.open(1)
     assert task.sampled == {alice, bob}
     rnd.carol = coordinator.join("carol").client_id
@@ -184,8 +212,55 @@ def update_arrays(wire: Wire, fill: float = 0.01) -> list[np.ndarray]:
     return [np.full(leaf.shape, fill, leaf.dtype) for leaf in wire.layout.leaves[:-1]]
 
 
-def valid_bytes(wire: Wire, fill: float = 0.01, weight: float = 10.0) -> bytes:
+def valid_bytes(wire: Wire, fill: float = 0.01, weight: float = WEIGHT) -> bytes:
     return bytes(wire.layout.encode([*update_arrays(wire, fill), np.float32(weight)]))
+
+
+def trailing_weight(data: bytes) -> float:
+    """What a truthful header says the update_weight is: the payload's last float32 (or WEIGHT for
+    a payload too short to hold one)."""
+    return float(np.frombuffer(data[-4:], "<f4")[0]) if len(data) >= 4 else WEIGHT
+
+
+# ---- what the round's running sum holds ----------------------------------------------------------
+def sums(fold: StreamingMean) -> np.ndarray:
+    """The running sum, flattened over the update's leaves (a copy)."""
+    return np.concatenate([s.reshape(-1) for s in fold.sums])
+
+
+def scaled(data: bytes, weight: float, elements: int = UPDATE_ELEMENTS) -> np.ndarray:
+    """What folding the first ``elements`` update numbers of ``data`` with ``weight`` adds to an
+    empty sum, computed as the server does (float32 times float32, added to zeros)."""
+    values = np.frombuffer(data, "<f4", elements)
+    with np.errstate(over="ignore"):  # a huge finite weight may overflow to Inf, on the server too
+        return np.zeros(elements, np.float32) + values * np.float32(weight)
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.all(a.view("<u4") == b.view("<u4")))
+
+
+def assert_fold_after_one_upload(rnd: Round, accepted: bool, data: bytes, weight: float) -> int:
+    """The round's fold after one upload whose data (as the server read it, in order) was ``data``
+    under a header with ``weight``. Accepted: one complete result whose update, times its weight,
+    is the sum bit for bit. Refused: no result, no weight in the total; at most one cut-off upload,
+    whose delivered elements are a finite prefix of ``data``, in the sum exactly (times the
+    header's weight), and nothing else in it. Returns the elements delivered by a refused upload."""
+    fold = rnd.mean
+    total = sums(fold)
+    if accepted:
+        assert fold.count == 1 and fold.weight == np.float32(weight) and fold.partial == {}
+        assert same_bits(total, scaled(data, weight))
+        return 0
+    assert fold.count == 0 and fold.weight == 0 and len(fold.partial) <= 1, fold.partial
+    if not fold.partial:
+        assert not total.any()
+        return 0
+    [(delivered, w)] = fold.partial.values()
+    assert 0 < delivered <= min(UPDATE_ELEMENTS, len(data) // 4) and w == np.float32(weight)
+    assert np.isfinite(np.frombuffer(data, "<f4", delivered)).all()  # nothing non-finite was added
+    assert same_bits(total[:delivered], scaled(data, weight, delivered)) and not total[delivered:].any()
+    return delivered
 
 
 def with_bits(wire: Wire, path: str, index: int, *, value: float | None = None, bits: int | None = None) -> bytes:
@@ -200,10 +275,13 @@ def with_bits(wire: Wire, path: str, index: int, *, value: float | None = None, 
 
 
 def header(rnd: Round, data: bytes, **override: Any) -> pb.ResultHeader:
+    """A truthful header for ``data`` (size, layout, update_weight), from alice; ``override``
+    changes fields."""
     task = rnd.current()
     fields: dict[str, Any] = dict(
         client_id=rnd.alice, task_id=task.task_id, round=task.round, payload_bytes=len(data),
         layout=rnd.wire.layout.fingerprint, metrics={"num_examples": 10.0, "train_loss": 0.5},
+        update_weight=trailing_weight(data),
     )
     fields.update(override)
     return pb.ResultHeader(**fields)
@@ -238,25 +316,36 @@ def stable(detail: str) -> str:
 
 
 def assert_unaffected(wire: Wire, rnd: Round, client: str) -> str:
-    """The refused request left nothing in the round or its aggregate and held no upload slot; the
-    global model is what the round began with; the same client's valid result is still accepted
-    afterwards, and it is exactly what was folded in."""
-    task = rnd.current()
-    assert client not in task.results
-    assert rnd.folded == [] and rnd.fold.count == 0 and rnd.fold.sum is None
-    assert bytes(task.payload) == wire.global_weights and task.layout == wire.weights_layout.fingerprint
+    """The refused request left no result in the round and no weight in its aggregate, and held no
+    upload slot; at most it left a cut-off upload (``partial``) of finite elements at the start of
+    the update; the global model is what the round began with. Then the same client's valid result
+    is still accepted, it is added to the sum exactly, and the round's mean is, coordinate by
+    coordinate, the weighted mean of the uploads that reached it (the fold is spent afterwards)."""
+    task, fold = rnd.current(), rnd.mean
+    assert task.results == {} and task.uploading == set()
+    assert fold.count == 0 and fold.weight == 0 and len(fold.partial) <= 1, fold.partial
+    before = sums(fold)
+    delivered, cut_weight = next(iter(fold.partial.values())) if fold.partial else (0, np.float32(0))
+    assert np.isfinite(before).all() and not before[delivered:].any()
+    assert b"".join(task.payload) == wire.global_weights and task.layout == wire.weights_layout.fingerprint
     assert wire.free_slots() == UPLOAD_SLOTS
-    if client not in task.sampled:
-        client = min(task.sampled - set(task.results))
+    if client not in task.sampled or client in fold.partial:  # (a retry would resume the cut-off upload)
+        client = min(task.sampled - set(task.results) - set(fold.partial))
     assert send_valid(wire, rnd, client, fill=0.02) == (OK, "")
-    assert client in task.results
-    [stored] = rnd.folded
-    assert stored.weight == 10.0
-    assert all(np.all(a == np.float32(0.02)) for a in stored.update)
-    assert rnd.fold.count == 1 and rnd.fold.weight == np.float32(10)
-    assert all(np.all(s == np.float32(0.02) * np.float32(10)) for s in rnd.fold.sum or [])
+    assert list(task.results) == [client]
+    assert fold.count == 1 and fold.weight == np.float32(WEIGHT) and len(fold.partial) == (1 if delivered else 0)
+    assert same_bits(sums(fold), before + scaled(valid_bytes(wire, 0.02), WEIGHT))  # exactly that result, once
     assert wire.free_slots() == UPLOAD_SLOTS
-    return "round and aggregate unchanged; a valid result was accepted afterwards"
+    mean = np.concatenate([m.reshape(-1) for m in fold.mean()])
+    expected = np.full(UPDATE_ELEMENTS, 0.02)
+    expected[:delivered] = (before[:delivered].astype(np.float64) + 0.02 * WEIGHT) / (float(cut_weight) + WEIGHT)
+    assert np.isfinite(mean).all()
+    np.testing.assert_allclose(mean, expected, rtol=1e-6)
+    if not delivered:
+        return "round and aggregate unchanged; a valid result was accepted afterwards"
+    return (f"no result, no weight added: the {delivered} update elements received before the refusal count "
+            "for those coordinates only (partial); a valid result was accepted afterwards; each coordinate's mean "
+            "is over the uploads that reached it")
 
 
 def rejected(wire: Wire) -> dict[str, int]:
@@ -270,6 +359,7 @@ class Case:
     done: str
     build: Callable[[Wire, Round], list[pb.ResultChunk]]
     expected: grpc.StatusCode
+    on_header: bool = False  # refused on the header alone: not a byte of data is read
 
 
 def payload_case(name: str, done: str, data: Callable[[Wire], bytes],
@@ -293,7 +383,7 @@ def header_case(name: str, done: str, expected: grpc.StatusCode, **override: Any
         resolved = {k: (v(wire, rnd) if callable(v) else v) for k, v in override.items()}
         return stream(header(rnd, body, **resolved), body)
 
-    return Case(name, done, build, expected)
+    return Case(name, done, build, expected, on_header=True)
 
 
 def sent_case(name: str, done: str, sent: Callable[[bytes], bytes]) -> Case:
@@ -357,7 +447,8 @@ CASES = [
                  "bytes)", oversized, grpc.StatusCode.RESOURCE_EXHAUSTED),
     header_case("negative announced size", "header payload_bytes = -1", INVALID, payload_bytes=-1),
     header_case("most negative announced size", "header payload_bytes = -2^63", INVALID, payload_bytes=-(2**63)),
-    # The numbers: floats must be finite, the weight > 0.
+    # The numbers: floats must be finite, the weight > 0. Each data chunk is checked before any of
+    # it is added to the round's sum, so a refused upload leaves at most the chunks before the bad one.
     payload_case("NaN in update", "update.0[0] = NaN", lambda w: with_bits(w, "update.0", 0, value=float("nan"))),
     payload_case("+Inf in update", "the last element of update.1 = +Inf",
                  lambda w: with_bits(w, "update.1", -1, value=float("inf"))),
@@ -366,12 +457,35 @@ CASES = [
                  lambda w: with_bits(w, "update.2", 100, bits=0x7F800001)),
     payload_case("negative NaN with payload bits", "update.0[2047] = bit pattern 0xffc00bad",
                  lambda w: with_bits(w, "update.0", 2047, bits=0xFFC00BAD)),
-    payload_case("NaN weight", "update_weight = NaN", lambda w: valid_bytes(w, weight=float("nan"))),
-    payload_case("+Inf weight", "update_weight = +Inf", lambda w: valid_bytes(w, weight=float("inf"))),
-    payload_case("-Inf weight", "update_weight = -Inf", lambda w: valid_bytes(w, weight=float("-inf"))),
-    payload_case("zero weight", "update_weight = 0", lambda w: valid_bytes(w, weight=0.0)),
-    payload_case("negative zero weight", "update_weight = -0.0", lambda w: valid_bytes(w, weight=-0.0)),
-    payload_case("negative weight", "update_weight = -5", lambda w: valid_bytes(w, weight=-5.0)),
+    # The weight travels twice: in the header (checked before any data is read) and as the
+    # payload's last float32 (which must equal the header's).
+    payload_case("NaN weight", "update_weight = NaN, in the payload and the header",
+                 lambda w: valid_bytes(w, weight=float("nan"))),
+    payload_case("+Inf weight", "update_weight = +Inf, in the payload and the header",
+                 lambda w: valid_bytes(w, weight=float("inf"))),
+    payload_case("-Inf weight", "update_weight = -Inf, in the payload and the header",
+                 lambda w: valid_bytes(w, weight=float("-inf"))),
+    payload_case("zero weight", "update_weight = 0, in the payload and the header", lambda w: valid_bytes(w, weight=0.0)),
+    payload_case("negative zero weight", "update_weight = -0.0, in the payload and the header",
+                 lambda w: valid_bytes(w, weight=-0.0)),
+    payload_case("negative weight", "update_weight = -5, in the payload and the header",
+                 lambda w: valid_bytes(w, weight=-5.0)),
+    header_case("header without update_weight", "a valid result (weight 10); the header leaves update_weight "
+                "unset (0, as from a client of the previous version)", INVALID, update_weight=0.0),
+    header_case("negative header weight", "a valid result (weight 10); header update_weight = -10", INVALID,
+                update_weight=-10.0),
+    header_case("NaN header weight", "a valid result (weight 10); header update_weight = NaN", INVALID,
+                update_weight=float("nan")),
+    header_case("+Inf header weight", "a valid result (weight 10); header update_weight = +Inf", INVALID,
+                update_weight=float("inf")),
+    header_case("header weight past float32", "a valid result (weight 10); header update_weight = 1e39 (Inf as "
+                "float32)", INVALID, update_weight=1e39),
+    header_case("header weight below float32", "a valid result (weight 10); header update_weight = 1e-46 (0 as "
+                "float32)", INVALID, update_weight=1e-46),
+    payload_case("NaN weight in the payload only", "update_weight = NaN in the payload; the header says 10",
+                 lambda w: valid_bytes(w, weight=float("nan")), update_weight=WEIGHT),
+    payload_case("zero weight in the payload only", "update_weight = 0 in the payload; the header says 10",
+                 lambda w: valid_bytes(w, weight=0.0), update_weight=WEIGHT),
     # The metrics in the header.
     header_case("NaN metric", "metrics {train_loss: NaN}", INVALID, metrics={"train_loss": float("nan")}),
     header_case("Inf metric", "metrics {train_loss: +Inf}", INVALID, metrics={"train_loss": float("inf")}),
@@ -406,11 +520,16 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_result_is_refused_and_round_unaffected(wire: Wire, rnd: Round, case: Case, faults) -> None:
-    before = rejected(wire)
+    """Each bad result is refused with its status, counted in the server's metrics, and leaves no
+    result and no weight in the round; one refused on its header leaves nothing at all (no byte of
+    it was read); whatever else it leaves is what :func:`assert_unaffected` allows."""
+    before, received = rejected(wire), wire.telemetry.bytes_in
     code, detail = submit(wire, case.build(wire, rnd))
     assert code == case.expected, detail
-    assert rnd.current().results == {} and rnd.folded == []
+    assert rnd.current().results == {} and rnd.mean.count == 0 and rnd.mean.weight == 0
     assert sum(rejected(wire).values()) == sum(before.values()) + 1  # counted in the server's metrics
+    if case.on_header:
+        assert wire.telemetry.bytes_in == received and rnd.mean.partial == {} and not sums(rnd.mean).any()
     faults.record(AREA, case.name, case.done, case.expected.name,
                   f"{code.name} ({stable(detail)}); {assert_unaffected(wire, rnd, rnd.alice)}")
 
@@ -433,9 +552,11 @@ def test_result_from_a_client_of_the_previous_wire_format(wire: Wire, rnd: Round
         ("update_weight", tff.TensorType(np.float32, ())),
     ]))
     body = proto.SerializeToString()
-    old = header(rnd, body, layout="").SerializeToString() + b"\x2a\x20" + bytes(32)  # field 5: 32 bytes
+    # No layout and no update_weight (field 8): neither existed then.
+    old = header(rnd, body, layout="", update_weight=0.0).SerializeToString() + b"\x2a\x20" + bytes(32)  # field 5
     old_header = pb.ResultHeader.FromString(old)
     assert old_header.layout == "" and old_header.payload_bytes == len(body) != wire.layout.nbytes
+    assert old_header.update_weight == 0
     code, detail = submit(wire, stream(old_header, body))
     assert code == INVALID and "layout ''" in detail, detail
     faults.record(AREA, "result from a client of the previous wire format", f"a ClientResult as a serialized TFF "
@@ -495,9 +616,10 @@ FOREIGN = [
 @pytest.mark.parametrize("name, done, make", FOREIGN, ids=[f[0] for f in FOREIGN])
 def test_foreign_bytes_are_only_numbers(wire: Wire, rnd: Round, tmp_path: Path, monkeypatch, name: str,
                                         done: str, make: Callable[[Wire, Path], bytes], faults) -> None:
-    """Any bytes of the right size are a ClientResult's float32 numbers in the server's layout:
-    accepted exactly when they are finite with a weight > 0, and then folded in bit for bit; nothing
-    is parsed, loaded or run (no GraphDef import, no dataset, no unpickling)."""
+    """Any bytes of the right size are a ClientResult's float32 numbers in the server's layout (the
+    header truthfully states their last float32 as the weight): accepted exactly when they are
+    finite with a weight > 0, and then folded in bit for bit; nothing is parsed, loaded or run (no
+    GraphDef import, no dataset, no unpickling)."""
     import tensorflow as tf
     from tensorflow_federated.python.core.impl.executors import value_serialization
 
@@ -513,15 +635,15 @@ def test_foreign_bytes_are_only_numbers(wire: Wire, rnd: Round, tmp_path: Path, 
     code, detail = submit(wire, stream(header(rnd, body), body))
     assert code == expected, detail
     assert loaded == [] and not (tmp_path / "unpickled").exists()
+    assert_fold_after_one_upload(rnd, code == OK, body, weight)  # accepted: the update times its weight, bit for bit
     if code == OK:
-        [stored] = rnd.folded
-        assert stored.weight == weight
-        assert np.concatenate([u.reshape(-1) for u in stored.update]).view("<u4").tolist() == \
-            numbers[:-1].view("<u4").tolist()  # bit for bit
         observed = "OK: read as finite float32 numbers and folded in bit for bit"
-    else:
-        assert rnd.folded == [] and "NaN or Inf" in detail
+    elif weight > 0:
+        assert "NaN or Inf" in detail, detail
         observed = f"{code.name} ({stable(detail)}): read as float32 numbers, some of them not finite"
+    else:
+        assert "update_weight must be a finite number > 0" in detail, detail
+        observed = f"{code.name} ({stable(detail)}): read as float32 numbers, the last one (the weight) not > 0"
     faults.record(AREA, name, done, "no parsing: the bytes are float32 numbers, accepted iff finite with weight > 0",
                   f"{observed}; nothing loaded, unpickled or run")
 
@@ -539,10 +661,11 @@ def test_shape_and_dtype_are_the_servers(wire: Wire, rnd: Round, faults) -> None
         body[leaf.offset : leaf.offset + len(raw)] = raw
     code, detail = submit(wire, stream(header(rnd, bytes(body)), bytes(body)))
     assert code == OK, detail
-    [stored] = rnd.folded
-    assert [(u.shape, u.dtype) for u in stored.update] == [(a.shape, np.dtype(np.float32)) for a in arrays]
-    np.testing.assert_array_equal(stored.update[0], transposed.reshape(64, 32))
-    assert stored.update[3].view(np.int32).tolist() == ints.tolist()  # 1.4e-45 ... 1.4e-44 as float32
+    assert_fold_after_one_upload(rnd, True, bytes(body), WEIGHT)
+    mean = rnd.mean.mean()  # of this one result: its update (x * 10 / 10 is exact for these numbers)
+    assert [(u.shape, u.dtype) for u in mean] == [(a.shape, np.dtype(np.float32)) for a in arrays]
+    np.testing.assert_array_equal(mean[0], transposed.reshape(64, 32))
+    assert mean[3].view(np.int32).tolist() == ints.tolist()  # 1.4e-45 ... 1.4e-44 as float32
     faults.record(AREA, "wrong shape or dtype", "update.0 as a transposed float32[32,64] and update.3 as int32[10] "
                   "(the same byte sizes)", "no shape or dtype on the wire: read as the server's float32 tensors",
                   "OK: update.0 read as float32[64,32] (the same numbers in C order), update.3's int32 bits read "
@@ -624,12 +747,28 @@ def framed_submit(wire: Wire, rnd: Round, body: bytes, frames: Sequence[Callable
     return code, detail, messages
 
 
-def acceptable(wire: Wire, body: bytes) -> bool:
-    """Whether ``body`` under a header announcing the layout's size is a result to accept."""
+def acceptable(wire: Wire, body: bytes, weight: float) -> bool:
+    """Whether ``body`` under a header announcing the layout's size and ``weight`` (finite, > 0)
+    is a result to accept."""
     if len(body) != wire.layout.nbytes:
         return False
     numbers = np.frombuffer(body, "<f4")
-    return bool(np.isfinite(numbers).all()) and float(numbers[-1]) > 0
+    return bool(np.isfinite(numbers).all()) and numbers[-1] == np.float32(weight)
+
+
+def protobuf_prefix(messages: Sequence[bytes]) -> bytes:
+    """The data protobuf reads from the leading messages that are data chunks (what the server has
+    read when it meets the first message that is not one)."""
+    out = []
+    for message in messages:
+        try:
+            chunk = pb.ResultChunk.FromString(message)
+        except Exception:  # noqa: BLE001  (protobuf's DecodeError, whatever the implementation)
+            break
+        if chunk.WhichOneof("part") != "data":
+            break
+        out.append(chunk.data)
+    return b"".join(out)
 
 
 def protobuf_reading(messages: Sequence[bytes]) -> bytes | None:
@@ -652,8 +791,7 @@ def test_data_chunk_framings_read_as_protobuf_reads_them(wire: Wire, rnd: Round,
     code, detail, messages = framed_submit(wire, rnd, body, [FRAMINGS[name]])
     assert protobuf_reading(messages) == body
     assert code == OK, detail
-    [stored] = rnd.folded
-    assert bytes(wire.layout.encode([*stored.update, np.float32(stored.weight)])) == body
+    assert_fold_after_one_upload(rnd, True, body, WEIGHT)
     faults.record(AREA, f"data chunk framing: {name}", f"a valid result whose every data chunk is framed so ({name})",
                   "read exactly as protobuf reads it", "OK: the result protobuf reads was accepted and folded in "
                   "bit for bit")
@@ -665,7 +803,8 @@ def test_malformed_data_chunk_framings_are_refused(wire: Wire, rnd: Round, name:
     code, detail, messages = framed_submit(wire, rnd, body, [FRAMINGS["canonical"], BAD_FRAMINGS[name]])
     assert protobuf_reading(messages) is None
     assert code == INVALID, detail
-    assert rnd.current().results == {} and rnd.folded == []
+    # The first chunk (canonical) was read and added before the second one was refused.
+    assert assert_fold_after_one_upload(rnd, False, body, WEIGHT) == CHUNK // 4
     faults.record(AREA, f"data chunk framing: {name}", f"a valid result whose second data chunk is framed so "
                   f"({name})", "INVALID_ARGUMENT", f"{code.name} ({stable(detail)}); "
                   f"{assert_unaffected(wire, rnd, rnd.alice)}")
@@ -679,11 +818,10 @@ def test_replayed_result(wire: Wire, rnd: Round, faults) -> None:
     other = valid_bytes(wire, fill=-0.5)
     code2, detail = submit(wire, stream(header(rnd, other), other))
     assert code1 == code2 == grpc.StatusCode.ALREADY_EXISTS, detail
-    [stored] = rnd.folded  # folded in once, and it is the first
-    assert all(np.all(a == np.float32(0.5)) for a in stored.update)
-    assert rnd.fold.count == 1 and list(rnd.current().results) == [rnd.alice]
+    assert_fold_after_one_upload(rnd, True, first, WEIGHT)  # folded in once, and it is the first; no partial
+    assert list(rnd.current().results) == [rnd.alice]
     assert send_valid(wire, rnd, rnd.bob) == (OK, "")  # the round goes on
-    assert rnd.fold.count == 2 and wire.free_slots() == UPLOAD_SLOTS
+    assert rnd.mean.count == 2 and rnd.mean.partial == {} and wire.free_slots() == UPLOAD_SLOTS
     faults.record(AREA, "replayed result", "an accepted result sent again, then a different one for the same task",
                   "ALREADY_EXISTS", f"{code1.name}, {code2.name}; the first result is folded in once; other "
                   "clients still accepted")
@@ -692,33 +830,53 @@ def test_replayed_result(wire: Wire, rnd: Round, faults) -> None:
 def test_result_for_a_closed_round(wire: Wire, rnd: Round, faults) -> None:
     late = valid_bytes(wire)
     late_header = header(rnd, late)  # round 1's task
-    round1, fold1 = rnd.task, rnd.fold
+    round1, fold1 = rnd.task, rnd.mean
     round1.deadline = rnd.coordinator.clock()  # round 1 passes its deadline with no results ...
-    rnd.coordinator.wait_round(round1)
+    assert rnd.close(round1) == {}
     task2 = rnd.open(2)  # ... and round 2 opens
     code, detail = submit(wire, stream(late_header, late))
     assert code == grpc.StatusCode.FAILED_PRECONDITION, detail
-    assert round1.results == {} and task2.results == {} and fold1.count == 0
+    assert round1.results == {} and task2.results == {}
+    assert fold1.count == 0 and fold1.partial == {} and not sums(fold1).any() and fold1 is not rnd.fold
     faults.record(AREA, "result for a closed round", "round 1's result sent after round 1 closed and round 2 opened",
                   "FAILED_PRECONDITION", f"{code.name} ({stable(detail)}); {assert_unaffected(wire, rnd, rnd.alice)}")
 
 
 STALL_DEADLINE_S = 3.0
+FIRST_CHUNK = CHUNK // 4  # update elements in a result's first data chunk
 
 
-def test_stalled_uploads_release_their_slots_when_the_round_closes(wire: Wire, faults) -> None:
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + CALL_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def paused_after(chunks: list[pb.ResultChunk], count: int, release: threading.Event) -> Iterator[pb.ResultChunk]:
+    """``chunks``, pausing after the first ``count`` until ``release`` is set."""
+    yield from chunks[:count]
+    release.wait(CALL_TIMEOUT_S)
+    yield from chunks[count:]
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "mean"])
+def test_stalled_uploads_are_cut_off_when_the_round_closes(wire: Wire, buffered: bool, faults) -> None:
     """Two sampled clients send a header and 100 bytes, then nothing (a slow-loris upload, or a
-    client frozen or cut off mid-upload), holding all ``upload_slots``. When their round closes at
-    its deadline the server must cut them off and free the slots, or no other client's result could
-    ever be received again (the next rounds would all fail for want of a slot)."""
+    client frozen or cut off mid-upload). When their round closes at its deadline the server must
+    cut them off. On the buffered path (robust, dp) they hold all ``upload_slots``: unless the
+    slots are freed, no other client's result could ever be received again (the next rounds would
+    all fail for want of a slot). On the mean path they hold no slot; the 25 elements each
+    delivered stay in the round's sum as cut-off uploads (``partial``), never as results."""
     coordinator = new_coordinator(clients=3, deadline_s=STALL_DEADLINE_S)
     wire.servicer.coordinator = coordinator
     ids = [coordinator.join(name).client_id for name in ("xavier", "yvonne", "zoe")]
-    rnd = Round(wire, coordinator, ids[0], ids[1], ids[2])
+    rnd = Round(wire, coordinator, ids[0], ids[1], ids[2], buffered)
     round1 = rnd.open(1)
+    fold1 = rnd.fold
     assert round1.sampled == set(ids)
     closer = futures.ThreadPoolExecutor(1)
-    closed = closer.submit(coordinator.wait_round, round1)  # the server's round loop: close at the deadline
+    closed = closer.submit(rnd.close, round1)  # the server's round loop: close at the deadline
     body = valid_bytes(wire)
     release = threading.Event()
     headers = {client: header(rnd, body, client_id=client) for client in ids}
@@ -731,10 +889,12 @@ def test_stalled_uploads_release_their_slots_when_the_round_closes(wire: Wire, f
     started = time.monotonic()
     try:
         calls = [wire.stub.SubmitResult.future(stalled(c), timeout=CALL_TIMEOUT_S) for c in ids[:UPLOAD_SLOTS]]
-        end = time.monotonic() + CALL_TIMEOUT_S
-        while wire.free_slots() and time.monotonic() < end:
-            time.sleep(0.05)
-        assert wire.free_slots() == 0, "the stalled uploads never took the upload slots"
+        if fold1 is None:
+            wait_until(lambda: wire.free_slots() == 0, "the stalled uploads took the upload slots")
+        else:  # both stalled uploads' 25 elements are in the sum, and they took no slot
+            both = scaled(body, WEIGHT, 25) + scaled(body, WEIGHT, 25)
+            wait_until(lambda: same_bits(sums(fold1)[:25], both), "the stalled uploads' data was added")
+            assert wire.free_slots() == UPLOAD_SLOTS
         assert closed.result(CALL_TIMEOUT_S) == {}
         codes = {call(f.result)[0] for f in calls}
         cut_after = time.monotonic() - started
@@ -746,14 +906,215 @@ def test_stalled_uploads_release_their_slots_when_the_round_closes(wire: Wire, f
     assert codes == {grpc.StatusCode.CANCELLED}, codes
     assert cut_after < STALL_DEADLINE_S + 2, cut_after  # at the deadline, not at the client's own timeout
     assert code == OK, detail
-    assert list(round2.results) == [ids[2]] and rnd.fold.count == 1
+    assert list(round2.results) == [ids[2]] and round1.results == {} and round1.uploading == set()
     assert wire.free_slots() == UPLOAD_SLOTS
-    faults.record(AREA, "stalled uploads holding every upload slot", f"{UPLOAD_SLOTS} sampled clients send a header "
-                  "and 100 bytes, then nothing (server.upload_slots "
-                  f"{UPLOAD_SLOTS}, round_deadline_s {STALL_DEADLINE_S:g})",
-                  "cut off when their round closes; the slots are freed for the next round",
-                  "both uploads were cancelled at the round's deadline (CANCELLED); the next round's result was "
-                  "accepted at once")
+    if fold1 is None:
+        value = round2.results[ids[2]].value
+        assert isinstance(value, Update) and value.weight == WEIGHT
+        assert all(np.all(u == np.float32(0.02)) for u in value.update)
+        faults.record(AREA, "stalled uploads holding every upload slot", f"{UPLOAD_SLOTS} sampled clients send a "
+                      "header and 100 bytes, then nothing (robust / dp aggregator: results held whole; "
+                      f"server.upload_slots {UPLOAD_SLOTS}, round_deadline_s {STALL_DEADLINE_S:g})",
+                      "cut off when their round closes; the slots are freed for the next round",
+                      "both uploads were cancelled at the round's deadline (CANCELLED); the next round's result was "
+                      "accepted at once")
+        return
+    assert fold1.count == 0 and fold1.weight == 0 and list(fold1.partial.values()) == [(25, np.float32(WEIGHT))] * 2
+    assert same_bits(sums(fold1)[:25], both) and not sums(fold1)[25:].any()
+    assert_fold_after_one_upload(rnd, True, valid_bytes(wire, 0.02), WEIGHT)  # round 2's own fold
+    faults.record(AREA, "stalled uploads (mean aggregator)", "2 sampled clients send a header and 100 bytes, then "
+                  f"nothing (mean aggregator: folded as they stream in; round_deadline_s {STALL_DEADLINE_S:g})",
+                  "cut off when their round closes; no upload slot taken; not results",
+                  "both uploads were cancelled at the round's deadline (CANCELLED) without holding a slot; each "
+                  "counts only for the 25 elements it delivered (partial), not as a result; the next round's "
+                  "result was accepted at once")
+
+
+def test_upload_streaming_when_the_round_closes_is_stale(wire: Wire, rnd: Round, faults) -> None:
+    """Alice's upload is one chunk in when her round closes (its deadline passes and the round loop
+    closes its fold): her next chunk is refused FAILED_PRECONDITION (the fold raises RoundClosed),
+    she is not a result, and only the chunk she delivered before the close is in that round's sum,
+    as a cut-off upload. The next round's fold is untouched."""
+    body = valid_bytes(wire)
+    release = threading.Event()
+    round1, fold1 = rnd.task, rnd.mean
+    future = wire.stub.SubmitResult.future(paused_after(stream(header(rnd, body), body), 2, release),
+                                           timeout=CALL_TIMEOUT_S)
+    try:
+        first = scaled(body, WEIGHT, FIRST_CHUNK)
+        wait_until(lambda: same_bits(sums(fold1)[:FIRST_CHUNK], first), "the first chunk was added")
+        round1.deadline = rnd.coordinator.clock()
+        assert rnd.close(round1) == {}
+        round2 = rnd.open(2)
+    finally:
+        release.set()
+    code, detail = call(future.result)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed while this result was streaming in" in detail, detail
+    assert round1.results == {} and round1.uploading == set()
+    assert fold1.count == 0 and fold1.weight == 0 and list(fold1.partial.values()) == [(FIRST_CHUNK, np.float32(WEIGHT))]
+    assert same_bits(sums(fold1)[:FIRST_CHUNK], first) and not sums(fold1)[FIRST_CHUNK:].any()
+    assert round2.results == {} and rnd.fold is not fold1 and not sums(rnd.mean).any()
+    faults.record(AREA, "round closed mid-upload (mean aggregator)", "a result paused after its first 4 KiB chunk "
+                  "while its round passes the deadline and closes, then the rest of it",
+                  "FAILED_PRECONDITION; not a result",
+                  f"{code.name} ({stable(detail)}); only the chunk delivered before the close is in that round's sum, "
+                  f"as a cut-off upload ({FIRST_CHUNK} elements); the next round: "
+                  f"{assert_unaffected(wire, rnd, rnd.alice)}")
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["mean", "buffered"])
+def test_header_weight_must_be_the_payloads(wire: Wire, buffered: bool, faults) -> None:
+    """The header's update_weight (what the mean path folds with, before the payload's own weight
+    arrives) must be the payload's last float32: a result whose header says 10 and whose payload
+    says 5 is refused INVALID_ARGUMENT and is not a result. On the mean path its whole update was
+    added by then, with the header's weight, so it counts as a cut-off upload over all 2410
+    coordinates (never in the result count or the total weight) and the mean stays each
+    coordinate's weighted mean; on the buffered path nothing of it is kept and its slot is freed."""
+    rnd = open_round(wire, buffered=buffered)
+    body = valid_bytes(wire, fill=0.01, weight=5.0)
+    received = wire.telemetry.bytes_in
+    code, detail = submit(wire, stream(header(rnd, body, update_weight=WEIGHT), body))
+    assert code == INVALID and "is not the header's" in detail, detail
+    assert wire.telemetry.bytes_in == received + len(body)  # refused after the whole payload was read
+    assert rnd.current().results == {} and rnd.current().uploading == set()
+    assert wire.free_slots() == UPLOAD_SLOTS
+    assert send_valid(wire, rnd, rnd.bob, fill=0.02) == (OK, "")
+    assert list(rnd.current().results) == [rnd.bob]
+    if buffered:
+        value = rnd.current().results[rnd.bob].value
+        assert value.weight == WEIGHT and all(np.all(u == np.float32(0.02)) for u in value.update)
+        faults.record(AREA, "header weight is not the payload's (robust / dp aggregator)", "a valid result with "
+                      "update_weight 5 under a header whose update_weight is 10; results held whole",
+                      "INVALID_ARGUMENT once decoded; nothing kept", f"{code.name} ({stable(detail)}); nothing kept, "
+                      "the upload slot freed; another client's result accepted afterwards")
+        return
+    fold = rnd.mean
+    assert fold.count == 1 and fold.weight == np.float32(WEIGHT)  # bob's alone
+    assert list(fold.partial.values()) == [(UPDATE_ELEMENTS, np.float32(WEIGHT))]  # alice's, folded with the header's weight
+    assert same_bits(sums(fold), scaled(body, WEIGHT) + scaled(valid_bytes(wire, 0.02), WEIGHT))
+    mean = np.concatenate([m.reshape(-1) for m in fold.mean()])
+    np.testing.assert_allclose(mean, (0.01 + 0.02) / 2, rtol=1e-6)
+    faults.record(AREA, "header weight is not the payload's", "a valid result with update_weight 5 under a header "
+                  "whose update_weight is 10 (mean aggregator: folded with the header's weight as it streams in)",
+                  "INVALID_ARGUMENT when the stream ends; not a result",
+                  f"{code.name} ({stable(detail)}); not a result (count and total weight unchanged); its "
+                  f"{UPDATE_ELEMENTS} elements, already added, count as a cut-off upload (partial), so the mean "
+                  "stays each coordinate's weighted mean; another client's result accepted afterwards")
+
+
+def test_chunk_with_nan_mid_stream_adds_nothing_of_itself(wire: Wire, rnd: Round, faults) -> None:
+    """A result whose third 4 KiB chunk holds one NaN (update.2[100], after the finite update.1 and
+    update.2[:100] in the same chunk) is refused INVALID_ARGUMENT when that chunk arrives. Only the
+    first two chunks (2048 elements) are in the sum, with alice's weight counting for exactly
+    those coordinates; nothing of the third chunk was added, not even its finite numbers before
+    the NaN. The mean stays finite: bob's update wherever alice's did not reach."""
+    body = with_bits(wire, "update.2", 100, value=float("nan"))
+    assert (wire.leaf("update.2").offset + 100 * 4) // CHUNK == 2
+    code, detail = submit(wire, stream(header(rnd, body), body))
+    assert code == INVALID and "update.2 holds NaN or Inf" in detail, detail
+    fold, before = rnd.mean, 2 * FIRST_CHUNK
+    assert fold.count == 0 and fold.weight == 0 and list(fold.partial.values()) == [(before, np.float32(WEIGHT))]
+    assert same_bits(sums(fold)[:before], scaled(body, WEIGHT, before)) and not sums(fold)[before:].any()
+    assert send_valid(wire, rnd, rnd.bob, fill=0.02) == (OK, "")
+    assert fold.count == 1 and fold.weight == np.float32(WEIGHT)
+    mean = np.concatenate([m.reshape(-1) for m in fold.mean()])
+    assert np.isfinite(mean).all()
+    np.testing.assert_allclose(mean[:before], (0.01 + 0.02) / 2, rtol=1e-6)
+    np.testing.assert_allclose(mean[before:], 0.02, rtol=1e-6)
+    faults.record(AREA, "NaN in the third chunk (mean aggregator)", "update.2[100] = NaN: the third of three 4 KiB "
+                  "chunks, after finite numbers in the same chunk", "INVALID_ARGUMENT; nothing of that chunk added",
+                  f"{code.name} ({stable(detail)}); only the first two chunks ({before} elements) are in the sum, as a "
+                  "cut-off upload; the mean stayed finite (another client's update where this one did not reach)")
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["mean", "buffered"])
+def test_second_concurrent_upload_from_a_client_is_refused(wire: Wire, buffered: bool, faults) -> None:
+    """A client whose result is still streaming in may not start a second upload (a client bug, or
+    a replay racing the original): the second is refused ALREADY_EXISTS at once, before a byte of
+    it is read or a slot taken, and the first goes on and is accepted, once, as it was sent."""
+    rnd = open_round(wire, buffered=buffered)
+    first, second = valid_bytes(wire, fill=0.01), valid_bytes(wire, fill=-0.01)
+    release = threading.Event()
+    task = rnd.current()
+    future = wire.stub.SubmitResult.future(paused_after(stream(header(rnd, first), first), 2, release),
+                                           timeout=CALL_TIMEOUT_S)
+    try:
+        if buffered:  # the first holds a slot, waiting for the rest of its data
+            wait_until(lambda: wire.free_slots() == UPLOAD_SLOTS - 1, "the first upload took a slot")
+        else:
+            first_chunk = scaled(first, WEIGHT, FIRST_CHUNK)
+            wait_until(lambda: same_bits(sums(rnd.mean)[:FIRST_CHUNK], first_chunk), "the first chunk was added")
+        assert task.uploading == {rnd.alice}
+        received, slots = wire.telemetry.bytes_in, wire.free_slots()
+        code, detail = submit(wire, stream(header(rnd, second), second))
+        assert wire.telemetry.bytes_in == received and wire.free_slots() == slots
+    finally:
+        release.set()
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "already streaming in" in detail, detail
+    assert call(future.result) == (OK, "")
+    assert list(task.results) == [rnd.alice] and task.uploading == set() and wire.free_slots() == UPLOAD_SLOTS
+    if buffered:
+        value = task.results[rnd.alice].value
+        assert all(np.all(u == np.float32(0.01)) for u in value.update)
+    else:
+        assert_fold_after_one_upload(rnd, True, first, WEIGHT)  # the first, once; nothing of the second
+    path = "robust / dp aggregator" if buffered else "mean aggregator"
+    faults.record(AREA, f"second upload while the first streams in ({path})", "a client starts a second "
+                  "upload of a different result while its first is paused mid-stream", "ALREADY_EXISTS; the first "
+                  "accepted", f"{code.name} ({stable(detail)}), before a byte of it was read; the first was then "
+                  "accepted and counted once")
+
+
+CONCURRENT = 8
+
+
+def test_concurrent_uploads_need_no_upload_slot(wire: Wire, faults) -> None:
+    """With the mean aggregator no result is held whole, so uploads take no upload slot: 8 sampled
+    clients stream at once while the test itself holds every slot. All 8 are mid-upload together
+    (each one's first chunk already in the sum), all are accepted, and the round's mean is numpy's
+    weighted mean of the 8 updates."""
+    coordinator = new_coordinator(clients=CONCURRENT)
+    wire.servicer.coordinator = coordinator
+    ids = [coordinator.join(f"client-{i}").client_id for i in range(CONCURRENT)]
+    rnd = Round(wire, coordinator, ids[0], ids[1], "")
+    task, fold = rnd.open(1), rnd.mean
+    assert task.sampled == set(ids)
+    rng = np.random.default_rng(7)
+    updates = [[rng.standard_normal(leaf.shape).astype(np.float32) for leaf in wire.layout.leaves[:-1]]
+               for _ in range(CONCURRENT)]
+    weights = [1.5 * (i + 1) for i in range(CONCURRENT)]
+    bodies = [bytes(wire.layout.encode([*u, np.float32(w)])) for u, w in zip(updates, weights, strict=True)]
+    first_chunks = sum(scaled(b, w, FIRST_CHUNK).astype(np.float64) for b, w in zip(bodies, weights, strict=True))
+    release = threading.Event()
+    slots, held = wire.servicer.upload_slots, 0
+    while slots.acquire(blocking=False):
+        held += 1
+    try:
+        assert held == UPLOAD_SLOTS
+        calls = [wire.stub.SubmitResult.future(
+            paused_after(stream(header(rnd, bodies[i], client_id=ids[i]), bodies[i]), 2, release),
+            timeout=CALL_TIMEOUT_S) for i in range(CONCURRENT)]
+        wait_until(lambda: len(task.uploading) == CONCURRENT
+                   and np.allclose(sums(fold)[:FIRST_CHUNK], first_chunks, rtol=1e-5, atol=1e-4),
+                   "every upload's first chunk was added")
+        in_flight = set(task.uploading)
+        release.set()
+        codes = [call(f.result) for f in calls]
+    finally:
+        release.set()
+        for _ in range(held):
+            slots.release()
+    assert in_flight == set(ids) and task.results.keys() == set(ids)
+    assert codes == [(OK, "")] * CONCURRENT
+    assert fold.count == CONCURRENT and fold.weight == np.float32(sum(weights)) and fold.partial == {}
+    reference = [sum(w * u[k].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / sum(weights)
+                 for k in range(len(updates[0]))]
+    for mean, ref in zip(fold.mean(), reference, strict=True):
+        np.testing.assert_allclose(mean, ref, rtol=1e-5, atol=1e-6)
+    faults.record(AREA, "many uploads at once (mean aggregator)", f"{CONCURRENT} sampled clients stream their "
+                  "results at once while every upload slot is taken", "all accepted without a slot; the mean exact",
+                  f"all {CONCURRENT} were mid-upload together and all were accepted (OK) with no upload slot free; "
+                  "the mean equals numpy's weighted mean (float64, within 1e-5)")
 
 
 JOIN_CASES = [
@@ -777,31 +1138,34 @@ def test_join_and_get_task_refuse_bad_requests(wire: Wire, rnd: Round, name: str
 
 
 # ---- fuzzing ------------------------------------------------------------------------------------
-def assert_exact(wire: Wire, value: Update, payload: bytes) -> None:
-    """An accepted result is the payload's own numbers in exactly the ClientResult layout, finite,
-    with a weight > 0."""
-    assert [(u.shape, u.dtype) for u in value.update] == [(leaf.shape, leaf.dtype) for leaf in wire.layout.leaves[:-1]]
-    assert all(np.all(np.isfinite(u)) for u in value.update)
-    assert np.isfinite(value.weight) and value.weight > 0
-    assert bytes(wire.layout.encode([*value.update, np.float32(value.weight)])) == payload  # bit for bit
-
-
 EXAMPLES = 150
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-ALLOWED = "a status from the allowed set; only exact, finite ClientResults accepted"
+ALLOWED = ("a status from the allowed set; only exact, finite ClientResults accepted; a refused upload "
+           "leaves at most a finite prefix of its update, as a cut-off upload")
+
+
+def assert_fold_after(rnd: Round, code: grpc.StatusCode, data: bytes, weight: float) -> None:
+    """:func:`assert_fold_after_one_upload`, and the round's results agree with ``code``."""
+    results = rnd.current().results
+    assert len(results) == (1 if code == OK else 0), (code, list(results))
+    assert rnd.current().uploading == set()
+    assert_fold_after_one_upload(rnd, code == OK, data, weight)
 
 
 def fuzz_submit(wire: Wire, rnd: Round, chunks: list[pb.ResultChunk]) -> grpc.StatusCode:
     code, detail = submit(wire, chunks)
     assert code in REFUSALS | {OK}, (code, detail)
-    results = rnd.current().results
-    if code == OK:
-        assert len(results) == 1 and len(rnd.folded) == 1 and rnd.fold.count == 1
-        payload = b"".join(c.data for c in chunks if c.WhichOneof("part") == "data")
-        assert_exact(wire, rnd.folded[0], payload)
-    else:
-        assert results == {} and rnd.folded == [], detail
+    if chunks and chunks[0].WhichOneof("part") == "header":
+        data = []  # what the server reads: the data chunks after the header, up to anything else
+        for chunk in chunks[1:]:
+            if chunk.WhichOneof("part") != "data":
+                break
+            data.append(chunk.data)
+        assert_fold_after(rnd, code, b"".join(data), chunks[0].header.update_weight)
+    else:  # refused before any upload began
+        assert code != OK and rnd.current().results == {}
+        assert rnd.mean.count == 0 and rnd.mean.partial == {} and not sums(rnd.mean).any()
     assert wire.free_slots() == UPLOAD_SLOTS
     return code
 
@@ -847,7 +1211,8 @@ def mutated(valid: bytes) -> st.SearchStrategy[bytes]:
 def test_fuzz_mutated_payloads(wire: Wire, fuzz_payload: bytes, faults) -> None:
     """Bit flips, byte overwrites, non-finite exponents, insertions, deletions and truncations of a
     valid payload, under a truthful header and random chunking: refused as INVALID_ARGUMENT
-    (size, NaN / Inf, weight), or accepted only as exactly the bytes sent, finite, weight > 0."""
+    (size, NaN / Inf, weight), or accepted only as exactly the bytes sent, finite, weight > 0. A
+    refused upload leaves at most a finite prefix of its update in the sum, never a result."""
     codes: set[str] = set()
 
     @FUZZ
@@ -867,8 +1232,9 @@ def test_fuzz_mutated_payloads(wire: Wire, fuzz_payload: bytes, faults) -> None:
 
 def test_fuzz_data_chunk_framings(wire: Wire, fuzz_payload: bytes, faults) -> None:
     """A valid payload in random chunks, each framed at random (every framing above, good or bad,
-    or a bit flipped in a chunk's first bytes): the server's answer and what it folds in must be
-    what protobuf's reading of the same messages implies."""
+    or a bit flipped in a chunk's first bytes): the server's answer and what it folds in (the whole
+    result, or the prefix read before a refusal) must be what protobuf's reading of the same
+    messages implies."""
     codes: set[str] = set()
     framings = [*FRAMINGS.values(), *BAD_FRAMINGS.values()]
 
@@ -890,12 +1256,11 @@ def test_fuzz_data_chunk_framings(wire: Wire, fuzz_payload: bytes, faults) -> No
         rnd = open_round(wire)
         code, detail, messages = framed_submit(wire, rnd, fuzz_payload, frames, chunk)
         reading = protobuf_reading(messages)
-        assert code == (OK if reading is not None and acceptable(wire, reading) else INVALID), (code, detail)
-        if code == OK:
-            [stored] = rnd.folded
-            assert_exact(wire, stored, reading)  # a flipped bit may land in the data itself
-        else:
-            assert rnd.current().results == {} and rnd.folded == [], detail
+        weight = trailing_weight(fuzz_payload)
+        assert code == (OK if reading is not None and acceptable(wire, reading, weight) else INVALID), (code, detail)
+        # A flipped bit may land in the data itself: what was folded is what protobuf reads.
+        assert_fold_after(rnd, code, reading if code == OK and reading is not None else protobuf_prefix(messages),
+                          weight)
         assert wire.free_slots() == UPLOAD_SLOTS
         codes.add(code.name)
 
@@ -913,8 +1278,8 @@ int64s = st.integers(-(2**63), 2**63 - 1)
 
 def test_fuzz_random_streams(wire: Wire, fuzz_payload: bytes, faults) -> None:
     """Random ResultChunk sequences: random headers (some quoting the real client, task, round,
-    layout and size), random data chunks, in any order. Every answer is a refusal from the allowed
-    set (or an accepted, exact result), never a crash or a hang."""
+    layout, size and weight), random data chunks, in any order. Every answer is a refusal from the
+    allowed set (or an accepted, exact result), never a crash or a hang."""
     codes: set[str] = set()
 
     @FUZZ
@@ -929,6 +1294,7 @@ def test_fuzz_random_streams(wire: Wire, fuzz_payload: bytes, faults) -> None:
             payload_bytes=st.just(wire.layout.nbytes) | int64s | st.integers(0, 20_000),
             layout=st.just(wire.layout.fingerprint) | st.text(max_size=20),
             metrics=metric_maps,
+            update_weight=st.just(trailing_weight(fuzz_payload)) | st.floats(),
         )
         body = data.draw(st.sampled_from([fuzz_payload, b""]) | st.binary(max_size=2000), label="body")
         kinds = st.one_of(
@@ -942,7 +1308,7 @@ def test_fuzz_random_streams(wire: Wire, fuzz_payload: bytes, faults) -> None:
 
     run()
     faults.record(AREA, "fuzz: random streams", f"{EXAMPLES} random ResultChunk sequences: random or real "
-                  "headers (client, task, round, size, layout, metrics), random or real data, any order",
+                  "headers (client, task, round, size, layout, metrics, update_weight), random or real data, any order",
                   ALLOWED, seen(codes))
 
 
@@ -959,7 +1325,8 @@ def test_fuzz_raw_messages(wire: Wire, faults) -> None:
             messages = [pb.ResultChunk(header=header(rnd, b"")).SerializeToString(), *messages]
         code, detail = call(lambda: wire.raw("SubmitResult", True)(iter(messages), timeout=CALL_TIMEOUT_S))
         assert code in REFUSALS, (code, detail)  # nothing random is a valid result
-        assert rnd.current().results == {} and rnd.folded == []
+        assert rnd.current().results == {} and rnd.current().uploading == set()
+        assert rnd.mean.count == 0 and rnd.mean.partial == {} and not sums(rnd.mean).any()  # no upload began
         assert wire.free_slots() == UPLOAD_SLOTS
         codes.add(code.name)
         join = messages[0] if messages else b""
@@ -972,3 +1339,22 @@ def test_fuzz_raw_messages(wire: Wire, faults) -> None:
                   "messages (half after a real header), and as JoinRequest messages",
                   "SubmitResult refused from the allowed set; Join OK or INVALID_ARGUMENT",
                   f"SubmitResult {seen(codes)}; Join: {', '.join(sorted(join_codes))}")
+
+
+def test_a_resent_result_resumes_the_cut_off_upload_and_counts_once(wire: Wire, rnd: Round, faults) -> None:
+    """Clients resend a result whose stream broke. The resend must not add what the broken stream
+    delivered a second time: it resumes where that one stopped, and the client then counts once,
+    in full, exactly as if the first stream had not broken."""
+    data = valid_bytes(wire, 0.02)
+    cut = 4096 + 6  # 1025 elements and half of the next
+    code, detail = submit(wire, stream(header(rnd, data, client_id=rnd.alice), data[:cut]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "stream ended after" in detail
+    assert list(rnd.mean.partial) == [rnd.alice] and rnd.mean.count == 0
+    assert send_valid(wire, rnd, rnd.alice, fill=0.02) == (OK, "")
+    fold = rnd.mean
+    assert fold.count == 1 and fold.weight == np.float32(WEIGHT) and fold.partial == {}
+    assert same_bits(sums(fold), scaled(data, WEIGHT))  # every element once
+    faults.record(AREA, "resent result after a broken stream",
+           "a client's stream ends after 4102 of its bytes; it resends the whole result",
+           "counted once, in full", "INVALID_ARGUMENT for the broken stream; the resend resumed after the "
+           "1025 elements already added and was accepted; the sum holds every element exactly once")

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from services.server import checkpoint
-from services.server.checkpoint import CHECKPOINT_NAME, MAGIC, Checkpoint, CheckpointError, Writer
+from services.server.checkpoint import CHECKPOINT_NAME, MAGIC, Buffer, Checkpoint, CheckpointError, Writer
 
 WEIGHTS = b"\x00weights\xffbytes" * 100
 PARTS: tuple[bytes, ...] = (WEIGHTS, b"optimizer", b"", b"aggregator")
 
 
-def sample(round_number: int = 3, parts: Sequence[bytes | bytearray | memoryview] = PARTS) -> Checkpoint:
+def sample(round_number: int = 3, parts: Sequence[Buffer | Sequence[Buffer]] = PARTS) -> Checkpoint:
     return Checkpoint({"round": round_number, "rng": {"state": [1, 2]}, "assignments": {"c-0": 0, "c-1": 1},
                        "fingerprint": "abc"}, parts)
 
@@ -210,6 +210,45 @@ def test_frame_matches_save(tmp_path: Path) -> None:
     ck = sample(1, [b"ab", b"", b"c"])
     head = json.dumps({**ck.header, "parts": [2, 0, 1]}, sort_keys=True).encode()
     assert _blob(tmp_path, ck) == _frame(head, b"ab", b"c")
+
+
+def test_part_of_several_buffers_round_trips_as_one(tmp_path: Path) -> None:
+    """A part may be several buffers (a model's tensors, as ``Layout.parts`` gives them): they are
+    written back to back and read back as one part, in a file byte for byte the one the joined
+    part makes."""
+    kernel = np.arange(12, dtype=np.float32).reshape(3, 4)
+    bias = np.arange(4, dtype=np.float64)
+    model = (memoryview(kernel).toreadonly(), b"", bytearray(b"xyz"), memoryview(bias))
+    joined = kernel.tobytes() + b"xyz" + bias.tobytes()
+    parts = [model, b"opt", [], [b"", b""], [b"agg"]]
+    blob = _blob(tmp_path, sample(parts=parts))
+    loaded = checkpoint.load(tmp_path)
+    assert loaded is not None and len(loaded.parts) == 5
+    assert [bytes(p) for p in loaded.parts] == [joined, b"opt", b"", b"", b"agg"]
+    assert f'"parts": [{len(joined)}, 3, 0, 0, 3]'.encode() in blob  # one size per part, in bytes
+    assert blob == _blob(tmp_path, sample(parts=[joined, b"opt", b"", b"", b"agg"]))
+
+
+def test_frame_of_a_part_of_several_buffers(tmp_path: Path) -> None:
+    ck = sample(1, [[b"ab", b"", b"c"], b"d"])
+    head = json.dumps({**ck.header, "parts": [3, 1]}, sort_keys=True).encode()
+    assert _blob(tmp_path, ck) == _frame(head, b"abc", b"d")
+
+
+def test_digest_covers_every_buffer_of_a_part(tmp_path: Path) -> None:
+    """A flipped bit in any of a part's buffers, or a cut anywhere, is refused as damage."""
+    blob = _blob(tmp_path, sample(7, [[b"w" * 5, b"", b"v" * 4], b"o", [b"x", b"y"]]))
+    start = len(blob) - len(b"wwwwwvvvvoxy")
+    assert blob[start:] == b"wwwwwvvvvoxy"
+    for i in range(start, len(blob)):
+        _write(tmp_path, blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1 :])
+        with pytest.raises(CheckpointError, match="digest"):
+            checkpoint.load(tmp_path)
+        _write(tmp_path, blob[:i])
+        with pytest.raises(CheckpointError, match="digest"):
+            checkpoint.load(tmp_path)
+    _write(tmp_path, blob)
+    assert loaded_parts(tmp_path) == [b"wwwwwvvvv", b"o", b"xy"]  # the loop above did write damaged copies
 
 
 def test_truncated_header(tmp_path: Path) -> None:

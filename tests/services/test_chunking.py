@@ -8,20 +8,34 @@ reader must accept nothing that protobuf would read differently."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.chunking import DATA_TAG, PayloadError, assemble, check_size, data_messages, data_of
+from services.common.chunking import (
+    DATA_TAG,
+    PayloadError,
+    assemble,
+    check_size,
+    data_messages,
+    data_of,
+    payload_nbytes,
+    segments,
+)
 from services.common.proto import federation_pb2 as pb
+from services.common.tensors import ALIGN
 
 CHUNK = 1024
 
 
-def parts_of(data: bytes | bytearray | memoryview, chunk: int) -> list[memoryview]:
+Buffer = bytes | bytearray | memoryview
+
+
+def parts_of(data: Buffer | Sequence[Buffer], chunk: int) -> list[memoryview]:
     """What the receiver sees: the data of each framed message, read by hand."""
     out = []
     for message in data_messages(data, chunk):
@@ -31,7 +45,7 @@ def parts_of(data: bytes | bytearray | memoryview, chunk: int) -> list[memoryvie
     return out
 
 
-def roundtrip(data: bytes, chunk: int = CHUNK, max_bytes: int | None = None) -> bytearray:
+def roundtrip(data: bytes, chunk: int = CHUNK, max_bytes: int | None = None) -> memoryview:
     return assemble(iter(parts_of(data, chunk)), expected_bytes=len(data),
                     max_bytes=len(data) if max_bytes is None else max_bytes)
 
@@ -44,7 +58,9 @@ def test_round_trip_sizes(size: int) -> None:
     assert all(len(p) == CHUNK for p in parts[:-1])
     assert all(0 < len(p) <= CHUNK for p in parts)
     out = roundtrip(data)
-    assert isinstance(out, bytearray) and out == data
+    assert isinstance(out, memoryview) and not out.readonly and out.format == "B" and bytes(out) == data
+    if size:  # writable and aligned: TensorFlow may read a tensor at its start in place
+        assert np.frombuffer(out, np.uint8).ctypes.data % ALIGN == 0
 
 
 @pytest.mark.parametrize("chunk", [1, 100, 127, 128, 16383, 16384, 3 * 1024 * 1024])
@@ -168,6 +184,120 @@ def test_any_wrong_announced_size_is_refused(data: bytes, announced: int) -> Non
 def test_messages_can_be_made_twice() -> None:
     data = os.urandom(3000)
     assert list(data_messages(data, 1000)) == list(data_messages(data, 1000))
+    pieces = [data[:1500], b"", data[1500:]]
+    assert list(data_messages(pieces, 1000)) == list(data_messages(pieces, 1000))
+
+
+# ---- payloads of several buffers (a model's tensors, sent without joining them first) ----------
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_segments_of_one_buffer(kind: type) -> None:
+    data = os.urandom(100)
+    views = segments(kind(data))
+    assert len(views) == 1  # one buffer, never read as a sequence of its bytes
+    assert isinstance(views[0], memoryview) and views[0].format == "B" and views[0].ndim == 1
+    assert bytes(views[0]) == data
+
+
+def test_segments_are_byte_views_without_a_copy() -> None:
+    kernel = np.arange(12, dtype=np.float32).reshape(3, 4)
+    raw = bytearray(b"abc")
+    views = segments((memoryview(kernel), raw, b"", memoryview(kernel[1:]).toreadonly()))
+    assert [len(v) for v in views] == [48, 3, 0, 32]  # bytes, not items
+    assert all(isinstance(v, memoryview) and v.format == "B" and v.ndim == 1 for v in views)
+    assert bytes(views[0]) == kernel.tobytes() and bytes(views[3]) == kernel[1:].tobytes()
+    kernel[2, 3] = 99.0  # the views are the buffers themselves: a write shows through
+    raw[0] = ord("z")
+    assert bytes(views[0][-4:]) == np.float32(99).tobytes() == bytes(views[3][-4:])
+    assert bytes(views[1]) == b"zbc"
+    assert views[3].readonly
+
+
+def test_segments_of_a_typed_buffer_are_its_bytes() -> None:
+    weights = np.arange(6, dtype=np.float64).reshape(2, 3)
+    (view,) = segments(memoryview(weights))
+    assert len(view) == weights.nbytes and bytes(view) == weights.tobytes()
+
+
+def test_segments_refuse_a_strided_buffer() -> None:
+    """A non-contiguous array has no back-to-back bytes to send: refused, not sent scrambled."""
+    with pytest.raises(TypeError):
+        segments([memoryview(np.zeros((4, 4), np.float32)[:, ::2])])
+
+
+@pytest.mark.parametrize("empty", [[], ()])
+def test_no_segments(empty: Sequence[bytes]) -> None:
+    assert segments(empty) == [] and payload_nbytes(empty) == 0
+    assert list(data_messages(empty, CHUNK)) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "nbytes"),
+    [
+        pytest.param(b"", 0, id="empty"),
+        pytest.param(b"abc", 3, id="bytes"),
+        pytest.param(bytearray(7), 7, id="bytearray"),
+        pytest.param([b"", b""], 0, id="empty-segments"),
+        pytest.param([b"ab", bytearray(3), memoryview(b"x")], 6, id="mixed"),
+        pytest.param(memoryview(np.zeros(5, np.float64)), 40, id="typed"),
+        pytest.param((memoryview(np.zeros((2, 3), np.int16)), b"z"), 13, id="typed-2d-in-tuple"),
+    ],
+)
+def test_payload_nbytes(data: Buffer | Sequence[Buffer], nbytes: int) -> None:
+    assert payload_nbytes(data) == nbytes
+
+
+SEGMENT_SIZES = [
+    [0],
+    [0, 0, 0],
+    [1],
+    [5, 0, 3],
+    [CHUNK],
+    [CHUNK, CHUNK],
+    [CHUNK - 1, 1, CHUNK + 1],
+    [0, 3 * CHUNK + 5, 0, 7, CHUNK, 0],
+    [CHUNK // 2 + 1] * 7,
+    [1] * (2 * CHUNK + 3),
+    [10, 5 * CHUNK, 10],
+]
+
+
+@pytest.mark.parametrize("sizes", SEGMENT_SIZES, ids=lambda sizes: "-".join(map(str, sizes[:6])) + f"({len(sizes)})")
+def test_messages_of_several_segments(sizes: list[int]) -> None:
+    """Chunks are cut across segment boundaries: every chunk but the last is full, and the stream
+    is byte for byte the one of the joined payload (the receiver cannot tell the difference)."""
+    pieces = [os.urandom(n) for n in sizes]
+    whole = b"".join(pieces)
+    parts = parts_of(pieces, CHUNK)
+    assert b"".join(bytes(p) for p in parts) == whole
+    assert len(parts) == -(-len(whole) // CHUNK)
+    assert all(len(p) == CHUNK for p in parts[:-1])
+    assert all(0 < len(p) <= CHUNK for p in parts)
+    assert list(data_messages(pieces, CHUNK)) == list(data_messages(whole, CHUNK))
+    assert payload_nbytes(pieces) == len(whole)
+    assert assemble(iter(parts), expected_bytes=payload_nbytes(pieces), max_bytes=len(whole)) == whole
+
+
+def test_messages_of_tensors_and_other_buffers() -> None:
+    kernel = np.random.default_rng(0).standard_normal((33, 7)).astype(np.float32)
+    bias = np.arange(7, dtype=np.float64)
+    raw = os.urandom(CHUNK + 3)
+    pieces = [memoryview(kernel).toreadonly(), bytearray(raw), memoryview(raw)[5:10], memoryview(bias), b""]
+    whole = kernel.tobytes() + raw + raw[5:10] + bias.tobytes()
+    assert payload_nbytes(pieces) == len(whole)
+    parts = parts_of(pieces, 100)
+    assert b"".join(bytes(p) for p in parts) == whole
+    assert [len(p) for p in parts] == [100] * (len(whole) // 100) + [len(whole) % 100]
+    assert b"".join(bytes(p) for p in parts_of(memoryview(kernel), 100)) == kernel.tobytes()  # one typed buffer
+
+
+@settings(max_examples=150, deadline=None)
+@given(pieces=st.lists(st.binary(max_size=600), max_size=8), chunk=st.integers(1, 700))
+def test_several_segments_property(pieces: list[bytes], chunk: int) -> None:
+    whole = b"".join(pieces)
+    messages = list(data_messages(pieces, chunk))
+    assert len(messages) == -(-len(whole) // chunk)
+    for i, message in enumerate(messages):  # the i-th full slice of the joined payload, as protobuf frames it
+        assert message == pb.ResultChunk(data=whole[i * chunk : (i + 1) * chunk]).SerializeToString()
 
 
 @pytest.mark.parametrize(
@@ -204,19 +334,19 @@ def test_overrun_leaves_the_buffer_size_unchanged(monkeypatch: pytest.MonkeyPatc
     """The receive buffer is the announced size, never grown by what the peer sends."""
     from services.common import chunking
 
-    made: list[bytearray] = []
-    real = bytearray
+    made: list[np.ndarray] = []
+    real = chunking.aligned_zeros
 
-    def spy(*args: object) -> bytearray:
-        buf = real(*args)  # type: ignore[call-overload]
+    def spy(shape: tuple[int, ...], dtype: object) -> np.ndarray:
+        buf = real(shape, dtype)
         made.append(buf)
         return buf
 
-    monkeypatch.setattr(chunking, "bytearray", spy, raising=False)
+    monkeypatch.setattr(chunking, "aligned_zeros", spy)
     with pytest.raises(PayloadError):
         assemble(iter([b"x" * 60, b"y" * 60]), expected_bytes=100, max_bytes=1000)
-    assert [len(b) for b in made] == [100]
-    assert made[0] == b"x" * 60 + b"\0" * 40  # the overrunning part was not copied in, even in part
+    assert [b.nbytes for b in made] == [100]
+    assert made[0].tobytes() == b"x" * 60 + b"\0" * 40  # the overrunning part was not copied in, even in part
 
 
 def test_over_limit_is_too_large_without_reading() -> None:
@@ -269,7 +399,7 @@ def test_check_size_accepts(announced: int, limit: int) -> None:
 
 def test_zero_bytes_round_trip() -> None:
     assert list(data_messages(b"", CHUNK)) == []
-    assert assemble(iter([]), expected_bytes=0, max_bytes=0) == bytearray()
+    assert bytes(assemble(iter([]), expected_bytes=0, max_bytes=0)) == b""
 
 
 def test_payload_error_is_a_value_error() -> None:

@@ -5,6 +5,7 @@ Blocking calls run in worker threads with timeouts so a bug fails a test instead
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -332,7 +333,7 @@ def test_late_result_after_the_round_closed_is_stale() -> None:
     task = c.open_round(1, PAYLOAD, "layout")
     c.submit(ids[0], task.task_id, 1, result())
     assert set(c.wait_round(task)) == {ids[0]}
-    for check in (c.check_submission, lambda *a: c.submit(*a, result())):
+    for check in (c.begin_upload, lambda *a: c.submit(*a, result())):
         with pytest.raises(Reject) as info:
             check(ids[1], task.task_id, 1)
         assert info.value.reason == "stale"
@@ -358,7 +359,7 @@ def open_round() -> tuple[Coordinator, RoundTask, dict[str, str]]:
     return c, c.open_round(4, PAYLOAD, "layout"), ids
 
 
-@pytest.mark.parametrize("how", ["check_submission", "submit"])
+@pytest.mark.parametrize("how", ["begin_upload", "submit"])
 def test_submission_refusals(open_round: tuple[Coordinator, RoundTask, dict[str, str]], how: str) -> None:
     c, task, ids = open_round
     sampled = sorted(task.sampled)
@@ -369,7 +370,7 @@ def test_submission_refusals(open_round: tuple[Coordinator, RoundTask, dict[str,
             if how == "submit":
                 c.submit(cid, task_id, round_number, result())
             else:
-                c.check_submission(cid, task_id, round_number)
+                c.begin_upload(cid, task_id, round_number)
         return info.value.reason
 
     assert attempt("not-a-client", task.task_id, 4) == "unknown_client"
@@ -380,7 +381,7 @@ def test_submission_refusals(open_round: tuple[Coordinator, RoundTask, dict[str,
     c.submit(sampled[0], task.task_id, 4, result(1))
     assert attempt(sampled[0], task.task_id, 4) == "duplicate"
     assert task.results[sampled[0]].value == 1  # the first result stands
-    assert c.check_submission(sampled[1], task.task_id, 4) is task
+    assert c.begin_upload(sampled[1], task.task_id, 4) is task
 
 
 def test_submit_without_an_open_round_is_stale() -> None:
@@ -389,6 +390,153 @@ def test_submit_without_an_open_round_is_stale() -> None:
     with pytest.raises(Reject) as info:
         c.submit(cid, "anything", 1, result())
     assert info.value.reason == "stale"
+
+
+def test_fold_and_payload_are_kept_as_given_and_never_called(
+        open_round: tuple[Coordinator, RoundTask, dict[str, str]]) -> None:
+    """The round's fold is the servicer's business (it streams results into it): the coordinator
+    keeps it on the task, never calls it, and keeps each accepted result as it was handed over."""
+    c, _, ids = open_round
+    called: list[Any] = []
+
+    def fold(value: Any) -> None:
+        called.append(value)
+
+    payload = (b"first tensor", memoryview(b"second"))  # a model sent as several buffers
+    task = c.open_round(5, payload, "layout", fold=fold)
+    assert task.fold is fold and task.payload is payload
+    cid = sorted(task.sampled)[0]
+    r = result(3)
+    c.submit(cid, task.task_id, 5, r)
+    assert called == [] and task.results[cid] is r
+    assert c.open_round(6, PAYLOAD, "layout").fold is None
+
+
+# ---- uploads in flight ----------------------------------------------------------------------------
+def test_second_upload_while_one_streams_is_duplicate(
+        open_round: tuple[Coordinator, RoundTask, dict[str, str]]) -> None:
+    c, task, _ = open_round
+    a, b = sorted(task.sampled)
+    assert c.begin_upload(a, task.task_id, 4) is task
+    for _ in range(2):  # a refused attempt does not end the upload that is streaming
+        with pytest.raises(Reject, match="already streaming") as info:
+            c.begin_upload(a, task.task_id, 4)
+        assert info.value.reason == "duplicate"
+    assert c.begin_upload(b, task.task_id, 4) is task  # other clients are not held up
+    assert task.uploading == {a, b}
+    c.end_upload(task, a)  # the first upload broke off without a result: a may try again
+    assert task.uploading == {b}
+    assert c.begin_upload(a, task.task_id, 4) is task
+    c.submit(a, task.task_id, 4, result(7))  # the streaming upload hands in its own result
+    c.end_upload(task, a)
+    c.end_upload(task, a)  # harmless twice (the servicer ends every upload in a finally)
+    with pytest.raises(Reject, match="already accepted") as info:
+        c.begin_upload(a, task.task_id, 4)
+    assert info.value.reason == "duplicate"
+    assert task.results[a].value == 7 and task.uploading == {b}
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_uploads_from_one_client_let_exactly_one_in(
+        open_round: tuple[Coordinator, RoundTask, dict[str, str]]) -> None:
+    c, task, _ = open_round
+    cid = sorted(task.sampled)[0]
+    outcomes: list[str] = []
+    start = threading.Barrier(8)
+
+    def attempt() -> None:
+        start.wait(timeout=10)
+        try:
+            c.begin_upload(cid, task.task_id, 4)
+            outcomes.append("in")
+        except Reject as exc:
+            outcomes.append(exc.reason)
+
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        for f in [executor.submit(attempt) for _ in range(8)]:
+            f.result(timeout=20)
+    assert sorted(outcomes) == ["duplicate"] * 7 + ["in"]
+
+
+def test_an_upload_left_open_does_not_block_the_next_round() -> None:
+    c = make(min_clients=1, per_round=1, deadline=0.05)
+    cid = c.join("a").client_id
+    first = c.open_round(1, PAYLOAD, "layout")
+    c.begin_upload(cid, first.task_id, 1)  # still streaming when the round closes
+    assert c.wait_round(first) == {}
+    second = c.open_round(2, PAYLOAD, "layout")
+    assert c.begin_upload(cid, second.task_id, 2) is second
+    c.end_upload(first, cid)  # the old upload ends late: it touches only its own round
+    assert first.uploading == set() and second.uploading == {cid}
+
+
+# ---- on_accept ------------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_on_accept_runs_once_under_the_lock_before_the_result_counts(
+        open_round: tuple[Coordinator, RoundTask, dict[str, str]], pool: ThreadPoolExecutor) -> None:
+    c, task, _ = open_round
+    cid = sorted(task.sampled)[0]
+    seen: list[tuple[bool, bool]] = []
+    probes: list[Future] = []
+
+    def on_accept() -> None:
+        probe = in_thread(pool, c.live_clients)  # needs the coordinator's lock
+        time.sleep(0.1)
+        seen.append((probe.done(), cid in task.results))
+        probes.append(probe)
+
+    c.submit(cid, task.task_id, 4, result(2), on_accept=on_accept)
+    assert seen == [(False, False)]  # the lock was held, and the result was not yet recorded
+    assert len(probes[0].result(timeout=10)) == 3  # ... and released afterwards
+    assert task.results[cid].value == 2
+
+
+@pytest.mark.parametrize(("why", "reason"), [("other-task", "stale"), ("other-round", "stale"), ("closed", "stale"),
+                                           ("outsider", "not_sampled"), ("answered", "duplicate"),
+                                           ("unknown", "unknown_client")])
+def test_on_accept_never_runs_for_a_refused_result(
+        open_round: tuple[Coordinator, RoundTask, dict[str, str]], why: str, reason: str) -> None:
+    c, task, ids = open_round
+    sampled = sorted(task.sampled)
+    outsider = next(cid for cid in ids.values() if cid not in task.sampled)
+    c.submit(sampled[0], task.task_id, 4, result(1))
+    cid, task_id, round_number = sampled[1], task.task_id, 4
+    if why == "other-task":
+        task_id = "0" * 16
+    elif why == "other-round":
+        round_number = 3
+    elif why == "closed":
+        c.finish()
+    elif why == "outsider":
+        cid = outsider
+    elif why == "answered":
+        cid = sampled[0]
+    else:
+        cid = "not-a-client"
+    calls: list[int] = []
+    with pytest.raises(Reject) as info:
+        c.submit(cid, task_id, round_number, result(9), on_accept=lambda: calls.append(1))
+    assert info.value.reason == reason
+    assert calls == []
+    assert {k: r.value for k, r in task.results.items()} == {sampled[0]: 1}
+
+
+def test_failing_on_accept_records_nothing_and_propagates(
+        open_round: tuple[Coordinator, RoundTask, dict[str, str]]) -> None:
+    c, task, _ = open_round
+    cid = sorted(task.sampled)[0]
+    assert c.next_task(cid, 0)[0] is TaskKind.TRAIN
+
+    def broken() -> None:
+        raise RuntimeError("the fold refused the update")
+
+    with pytest.raises(RuntimeError, match="fold refused"):
+        c.submit(cid, task.task_id, 4, result(1), on_accept=broken)
+    assert task.results == {}
+    assert c.next_task(cid, 0) == (TaskKind.TRAIN, task)  # still owed a result, not a duplicate
+    calls: list[int] = []
+    c.submit(cid, task.task_id, 4, result(2), on_accept=lambda: calls.append(1))
+    assert calls == [1] and task.results[cid].value == 2
 
 
 # ---- stopping -----------------------------------------------------------------------------------

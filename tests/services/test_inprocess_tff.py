@@ -1,9 +1,8 @@
 """The correctness guards of the in-process TFF: the client update and the server's optimizer step
 run as ``tf.function``s in this process instead of through TFF's execution context, and the mean
-is folded in block by block as results arrive. Each must compute what TFF itself computes:
+is folded in chunk by chunk as results stream in (tests/services/test_fold.py). Each must compute what TFF itself computes:
 ``client_work.next`` for the client, ``build_apply_optimizer_finalizer``'s ``next`` for the
-server (non-finite updates rejected), numpy's weighted mean for the fold; and the server state
-must survive its checkpoint form. The TFF references run in a :class:`TffRuntime` (TFF's
+server (non-finite updates rejected); and the server state must survive its checkpoint form. The TFF references run in a :class:`TffRuntime` (TFF's
 ``worker_binary``), started once for the module.
 
 Keras note: tracing TFF's client work (``task.weights_type``) builds a Keras model inside a
@@ -22,14 +21,16 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 from services.client.trainer import ClientUpdate
-from services.common import tensors
+from services.common import chunking, tensors
+from services.common.chunking import segments
 from services.common.config import ModelSettings, TrainingSettings
 from services.common.data import digits_shard
 from services.common.task import Task, server_optimizer, to_dataset
 from services.common.tensors import LayoutError
 from services.common.tff_runtime import TffRuntime, use_in_this_thread
 from services.server import algorithm
-from services.server.algorithm import OptimizerStep, Result, ServerAlgorithm, WeightedMeanFold
+from services.server.algorithm import OptimizerStep, Result, ServerAlgorithm
+from services.server.fold import StreamingMean
 
 TRAINING = TrainingSettings(local_epochs=1)
 TOL = 1e-6
@@ -111,6 +112,25 @@ def test_client_update_equals_tff_client_work(task: Task, client_update: ClientU
         assert abs(float(train[name]) - pooled) < 1e-5, name
 
 
+def test_client_update_reads_an_aligned_buffer_in_place_and_leaves_it_unchanged(
+        task: Task, client_update: ClientUpdate) -> None:
+    """The client's receive buffer is aligned, so TensorFlow reads (the first of) the weights in
+    place: the update must equal the one from ordinary (copied) arrays, and the buffer must come
+    out unchanged (TensorFlow trains its own variables, never the inputs)."""
+    layout = task.weights_layout
+    weights = tensors.flatten(task.initial_weights())
+    wire = bytes(layout.encode(weights))
+    received = chunking.assemble([wire[:1000], wire[1000:]], expected_bytes=len(wire), max_bytes=len(wire))
+    leaves = layout.decode(received)
+    assert leaves[0].ctypes.data % tensors.ALIGN == 0 and leaves[0].flags.writeable
+    assert np.shares_memory(tensors.as_tensor(leaves[0])._numpy(), leaves[0])  # type: ignore[attr-defined]
+    in_place, _ = client_update(leaves, shard(0))
+    copied, _ = client_update([np.array(w) for w in weights], shard(0))
+    assert bytes(received) == wire
+    assert max_diff(in_place, copied) == 0.0
+    assert max(float(np.max(np.abs(u))) for u in in_place[:-1]) > 1e-3
+
+
 def test_client_update_metrics_alone(task: Task, client_update: ClientUpdate, runtime: TffRuntime) -> None:
     """One client: TFF's finalized metrics are exactly that client's."""
     weights = task.initial_weights()
@@ -176,8 +196,41 @@ def test_optimizer_step_consumes_the_update(task: Task) -> None:
     update = random_like(tensors.Layout.of(task.weights_type), seed=1)
     trainable = tensors.flatten(task.initial_weights())
     _, new_trainable = step(step.initialize(), trainable, update)
-    assert update == [None] * len(trainable)
+    assert update == []
     assert max_diff(new_trainable, trainable) > 1e-3
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_optimizer_step_reads_in_place_and_never_writes_its_inputs(task: Task, aligned: bool) -> None:
+    """Aligned inputs go to TensorFlow without a copy (DLPack), unaligned ones are copied; either
+    way the inputs are unchanged (the old weights may still be being checkpointed) and the new
+    weights are aligned numpy arrays over TensorFlow's own buffers."""
+    layout = tensors.Layout.of(task.weights_type)
+
+    def arrays(seed: int) -> list[np.ndarray]:
+        out = []
+        for a in random_like(layout, seed=seed):
+            if aligned:
+                out.append(tensors.aligned_copy(a))
+            else:  # one float past an aligned start
+                b = tensors.aligned_zeros((a.size + 1,), a.dtype)[1:].reshape(a.shape)
+                b[...] = a
+                out.append(b)
+        return out
+
+    trainable, update = arrays(1), arrays(2)
+    if aligned:
+        shared = tensors.as_tensor(trainable[0])
+        assert np.shares_memory(shared._numpy(), trainable[0])  # type: ignore[attr-defined]
+    before_w, before_u = [a.copy() for a in trainable], [a.copy() for a in update]
+    kept_update = list(update)
+    step = OptimizerStep(server_optimizer(TrainingSettings(server_learning_rate=0.5)), task.weights_type)
+    _, new = step(step.initialize(), trainable, update)
+    assert max_diff(trainable, before_w) == 0.0 and max_diff(kept_update, before_u) == 0.0
+    expected = [w - 0.5 * u for w, u in zip(before_w, before_u, strict=True)]
+    assert max_diff(new, expected) < 1e-6
+    assert all(a.ctypes.data % tensors.ALIGN == 0 and a.flags.c_contiguous for a in new)
+    assert not any(np.shares_memory(a, b) for a in new for b in [*trainable, *kept_update])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -186,91 +239,27 @@ def test_optimizer_state_has_tffs_dtypes(task: Task, optimizer: str) -> None:
     state = alg.initialize()
     for s in (state.finalizer, alg.step.initialize()):
         assert [np.asarray(x).dtype for x in tensors.flatten(s)] == [leaf.dtype for leaf in alg.finalizer_layout.leaves]
-    fold = WeightedMeanFold()
-    for result in two_results(alg, seed=1):
-        fold.add(result)
-    after = alg.apply_mean(state, fold).finalizer
+    after = alg.apply_mean(state, folded(alg, two_results(alg, seed=1))).finalizer
     assert [np.asarray(x).dtype for x in tensors.flatten(after)] == [leaf.dtype for leaf in alg.finalizer_layout.leaves]
 
 
-# ---- the weighted mean fold --------------------------------------------------------------------
-def reference_mean(results: list[Result]) -> list[np.ndarray]:
-    weights = np.array([r.weight for r in results], np.float64)
-    return [sum(w * np.asarray(r.update[i], np.float64) for w, r in zip(weights, results, strict=True))
-            / weights.sum() for i in range(len(results[0].update))]
-
-
-def make_results(shapes: list[tuple[int, ...]], weights: list[float], seed: int = 0) -> list[Result]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for w in weights:
-        leaves = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-        # as the servicer hands them over: read-only views over one received buffer
-        buf = b"".join(a.tobytes() for a in leaves)
-        views, offset = [], 0
-        for a in leaves:
-            views.append(np.frombuffer(buf, np.float32, a.size, offset).reshape(a.shape))
-            offset += a.nbytes
-        out.append(Result(views, w))
-    return out
-
-
-def fold_mean(results: list[Result]) -> list[np.ndarray]:
-    fold = WeightedMeanFold()
-    for r in results:
-        fold.add(r)
-    assert fold.count == len(results)
-    assert fold.weight == pytest.approx(sum(r.weight for r in results), rel=1e-6)
-    mean = fold.mean()
-    assert all(m.dtype == np.float32 for m in mean)
-    return mean
-
-
-@pytest.mark.parametrize("block", [1, 7, 64, 1000])
-def test_fold_equals_weighted_mean_across_blocks(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
-    monkeypatch.setattr(algorithm, "FOLD_BLOCK", block)
-    shapes = [(9, 13), (64,), (1,), (3, 5, 7), (63,), (65,)]  # sizes around and across block boundaries
-    results = make_results(shapes, [3.0, 1.5, 7.0, 0.25, 11.0], seed=block)
-    mean = fold_mean(results)
-    assert [m.shape for m in mean] == shapes
-    assert max_diff(mean, reference_mean(results)) < 1e-5
-
-
-def test_fold_with_the_real_block_size() -> None:
-    n = algorithm.FOLD_BLOCK + 17  # one leaf over a block: two steps, the second a partial one
-    results = make_results([(n,), (10,)], [2.0, 5.0, 1.0], seed=3)
-    assert max_diff(fold_mean(results), reference_mean(results)) < 1e-5
-
-
-def test_fold_of_one_result_is_that_result() -> None:
-    results = make_results([(5, 4), (3,)], [42.0])
-    assert max_diff(fold_mean(results), results[0].update) < 1e-6
-
-
-def test_fold_does_not_touch_the_results() -> None:
-    results = make_results([(20,), (6, 6)], [1.0, 2.0], seed=7)
-    before = [[a.copy() for a in r.update] for r in results]
-    fold_mean(results)
-    for r, b in zip(results, before, strict=True):
-        assert max_diff(r.update, b) == 0.0
-
-
-def test_fold_of_zero_weight_is_zero_and_empty_fold_refuses() -> None:
-    assert all(not m.any() for m in fold_mean(make_results([(4,)], [0.0, 0.0])))
-    with pytest.raises(ValueError, match="no results"):
-        WeightedMeanFold().mean()
-    fold = WeightedMeanFold()
-    fold.add(make_results([(4,)], [1.0])[0])
-    fold.mean()
-    with pytest.raises(ValueError, match="no results"):  # the fold is spent by mean()
-        fold.mean()
+def folded(alg: ServerAlgorithm, results: list[Result]) -> StreamingMean:
+    """``results`` streamed into the round's running sum, as the servicer does."""
+    layout, fold = alg.result_layout, alg.new_fold()
+    assert fold is not None
+    for i, r in enumerate(results):
+        upload = fold.begin(f"client-{i}", r.weight)
+        upload.feed(layout.encode([*r.update, np.float32(r.weight)]))
+        upload.finish()
+        upload.commit()
+    return fold
 
 
 # ---- the server state's checkpoint form --------------------------------------------------------
 def assert_same_state(a: algorithm.ServerState, b: algorithm.ServerState, tol: float = 0.0) -> None:
     assert a.round == b.round
     if tol == 0.0:
-        assert bytes(a.payload) == bytes(b.payload)
+        assert b"".join(a.payload) == b"".join(b.payload)
     assert max_diff(a.weights, b.weights) <= tol
     assert same_as_typed(a.finalizer, b.finalizer) <= tol  # (dtypes: see test_optimizer_state_has_tffs_dtypes)
     ga, gb = tensors.flatten(a.aggregator), tensors.flatten(b.aggregator)
@@ -281,10 +270,11 @@ def assert_same_state(a: algorithm.ServerState, b: algorithm.ServerState, tol: f
 
 def through_a_file(parts: list[Any]) -> list[memoryview]:
     """Parts as a checkpoint load hands them back: memoryviews over one bytes blob."""
-    blob = memoryview(b"".join(bytes(p) for p in parts))
+    joined = [b"".join(segments(p)) for p in parts]
+    blob = memoryview(b"".join(joined))
     out, offset = [], 0
-    for p in parts:
-        n = len(bytes(p))
+    for p in joined:
+        n = len(p)
         out.append(blob[offset : offset + n])
         offset += n
     return out
@@ -306,10 +296,7 @@ def test_mean_state_round_trips(task: Task, optimizer: str) -> None:
     assert alg.streaming
     state = alg.initialize()
     for r in range(2):
-        fold = WeightedMeanFold()
-        for result in two_results(alg, seed=10 * r):
-            fold.add(result)
-        state = alg.apply_mean(state, fold)
+        state = alg.apply_mean(state, folded(alg, two_results(alg, seed=10 * r)))
     assert state.round == 2
     restored = alg.decode_state(state.round, through_a_file(alg.encode_state(state)))
     assert_same_state(state, restored)
@@ -317,17 +304,14 @@ def test_mean_state_round_trips(task: Task, optimizer: str) -> None:
     results = two_results(alg, seed=99)
     after: list[algorithm.ServerState] = []
     for s in (state, restored):
-        fold = WeightedMeanFold()
-        for result in results:
-            fold.add(result)
-        after.append(alg.apply_mean(s, fold))
+        after.append(alg.apply_mean(s, folded(alg, results)))
     assert_same_state(after[0], after[1], tol=TOL)  # exact once the live state has TFF's dtypes
     assert max_diff(after[0].weights, state.weights) > 1e-4
 
 
 def test_decode_state_refuses_damage(task: Task) -> None:
     alg = ServerAlgorithm(task, TrainingSettings(server_optimizer="adam"))
-    parts = [bytes(p) for p in alg.encode_state(alg.initialize())]
+    parts = [b"".join(segments(p)) for p in alg.encode_state(alg.initialize())]
     with pytest.raises(LayoutError, match="3 parts"):
         alg.decode_state(0, parts[:2])
     with pytest.raises(LayoutError, match="expected"):

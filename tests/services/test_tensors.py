@@ -204,6 +204,190 @@ def test_int_leaves_are_not_finiteness_checked() -> None:
         as_floats.decode(buf)
 
 
+# ---- parts: the wire form without a copy ---------------------------------------------------------
+def wire_leaves(layout: Layout, seed: int = 0) -> list[np.ndarray]:
+    """``random_leaves`` as the server holds its tensors: aligned C-order arrays of the wire dtypes."""
+    return [tensors.aligned_copy(a, leaf.dtype) for a, leaf in zip(random_leaves(layout, seed), layout.leaves,
+                                                                      strict=True)]
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("which", ["weights", "result", "mixed"])
+def test_parts_are_the_encoding(which: str, aligned: bool, weights_layout: Layout, result_layout: Layout) -> None:
+    layout = {"weights": weights_layout, "result": result_layout, "mixed": Layout.of(MIXED)}[which]
+    leaves = wire_leaves(layout, seed=3) if aligned else random_leaves(layout, seed=3)
+    parts = layout.parts(leaves)
+    assert isinstance(parts, tuple) and len(parts) == len(layout.leaves)
+    assert all(isinstance(p, memoryview) and p.format == "B" and p.ndim == 1 for p in parts)
+    assert [len(p) for p in parts] == [leaf.nbytes for leaf in layout.leaves]
+    assert b"".join(parts) == bytes(layout.encode(leaves))
+    for a, b in zip(leaves, layout.decode(b"".join(parts)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_parts_are_views_of_the_arrays(result_layout: Layout) -> None:
+    leaves = wire_leaves(result_layout)
+    parts = result_layout.parts(leaves)
+    for a, p in zip(leaves, parts, strict=True):
+        assert np.shares_memory(np.frombuffer(p, np.uint8), a)
+    leaves[0][0, 0] = 42.0  # a write to an array shows through its part: no copy was made
+    leaves[-1][...] = 7.0
+    assert bytes(parts[0][:4]) == np.float32(42).tobytes()
+    assert bytes(parts[-1]) == np.float32(7).tobytes()
+
+
+def test_parts_are_read_only(result_layout: Layout) -> None:
+    leaves = wire_leaves(result_layout)
+    for p in result_layout.parts(leaves):
+        assert p.readonly
+        with pytest.raises(TypeError):
+            p[0] = 1
+    assert all(a.flags.writeable for a in leaves)  # the arrays themselves are left as they were
+
+
+def test_parts_of_decoded_arrays_are_the_received_bytes(result_layout: Layout) -> None:
+    received = result_layout.encode(random_leaves(result_layout, seed=4))
+    parts = result_layout.parts(result_layout.decode(received))  # read-only views over one buffer
+    assert b"".join(parts) == bytes(received)
+    assert all(np.shares_memory(np.frombuffer(p, np.uint8), np.frombuffer(received, np.uint8)) for p in parts)
+
+
+def test_parts_refuse_wrong_count(weights_layout: Layout) -> None:
+    leaves = wire_leaves(weights_layout)
+    with pytest.raises(ValueError, match="expected 4 tensors, got 3"):
+        weights_layout.parts(leaves[:3])
+    with pytest.raises(ValueError, match="expected 4 tensors, got 5"):
+        weights_layout.parts([*leaves, leaves[0]])
+
+
+BAD_FORMS = {
+    "float64": lambda a: a.astype(np.float64),  # encode would cast; parts has no copy to cast in
+    "float16": lambda a: a.astype(np.float16),
+    "int32": lambda a: a.astype(np.int32),
+    "big-endian": lambda a: a.astype(">f4"),
+    "strided": lambda a: np.stack([a, a], axis=-1)[..., 0],  # the leaf's shape and dtype, not contiguous
+    "fortran": lambda a: np.asfortranarray(a) if a.ndim > 1 else None,
+    "reversed": lambda a: a[::-1] if a.ndim == 1 else None,
+    "extra-axis": lambda a: a[None],
+    "flattened": lambda a: a.reshape(-1) if a.ndim > 1 else None,
+    "transposed": lambda a: np.ascontiguousarray(a.T) if a.ndim > 1 else None,
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_FORMS))
+def test_parts_refuse_anything_but_the_wire_form(weights_layout: Layout, bad: str) -> None:
+    """Every leaf is checked; the refusal is a plain ValueError (the caller's mistake), not a
+    LayoutError (a peer's bad bytes)."""
+    tried = 0
+    for i, leaf in enumerate(weights_layout.leaves):
+        leaves = wire_leaves(weights_layout)
+        replacement = BAD_FORMS[bad](leaves[i])
+        if replacement is None:
+            continue
+        leaves[i] = replacement
+        tried += 1
+        with pytest.raises(ValueError, match=rf"^{re.escape(leaf.path)}: ") as info:
+            weights_layout.parts(leaves)
+        assert type(info.value) is ValueError
+    assert tried >= 2
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "+inf", "-inf"])
+def test_parts_refuse_non_finite_naming_the_leaf(result_layout: Layout, bad: float) -> None:
+    for i, leaf in enumerate(result_layout.leaves):
+        leaves = wire_leaves(result_layout)
+        leaves[i].reshape(-1)[-1] = bad  # the last element: the check must cover the whole leaf
+        with pytest.raises(LayoutError, match=rf"^{re.escape(leaf.path)} holds NaN or Inf$"):
+            result_layout.parts(leaves)
+
+
+def test_parts_refuse_non_finite_in_every_float_dtype() -> None:
+    layout = Layout.of(MIXED)
+    for i, leaf in enumerate(layout.leaves):
+        if leaf.dtype.kind != "f" or leaf.nbytes == 0:
+            continue
+        leaves = wire_leaves(layout)
+        leaves[i] = tensors.aligned_copy(np.full(leaf.shape, np.nan, leaf.dtype))
+        with pytest.raises(LayoutError, match=rf"^{re.escape(leaf.path)} holds"):
+            layout.parts(leaves)
+
+
+# ---- aligned arrays ------------------------------------------------------------------------------
+ALIGNED_SHAPES = [(), (1,), (3,), (7, 5), (2, 3, 4), (4097,), (64, 32)]
+ALIGNED_DTYPES = [np.float32, np.float64, np.float16, np.int32, np.int64, np.uint8, "<f4"]
+
+
+def test_align_is_what_tensorflow_needs() -> None:
+    assert tensors.ALIGN == 64
+
+
+@pytest.mark.parametrize("dtype", ALIGNED_DTYPES, ids=str)
+def test_aligned_zeros(dtype: Any) -> None:
+    for shape in ALIGNED_SHAPES:
+        for _ in range(8):  # numpy's own buffers are 64-byte aligned now and then by chance
+            a = tensors.aligned_zeros(shape, dtype)
+            assert a.ctypes.data % tensors.ALIGN == 0, (shape, dtype)
+            assert a.shape == shape and a.dtype == np.dtype(dtype)
+            assert a.flags.c_contiguous and a.flags.writeable
+            assert a.nbytes == int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            assert not a.any()
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (3, 0, 2)])
+def test_aligned_zeros_of_zero_size(shape: tuple[int, ...]) -> None:
+    # Alignment is not checked for zero-size arrays: numpy gives an empty slice its base's
+    # (unaligned) address, and there are no bytes to read there.
+    a = tensors.aligned_zeros(shape, np.float32)
+    assert a.shape == shape and a.dtype == np.float32 and a.size == 0 and a.flags.c_contiguous
+    assert tensors.aligned_copy(a).shape == shape
+
+
+def test_aligned_zeros_are_independent_arrays() -> None:
+    a, b = tensors.aligned_zeros([3, 4], np.float32), tensors.aligned_zeros((3, 4), np.float32)
+    assert a.shape == (3, 4) and not np.shares_memory(a, b)
+    a[...] = 1.0
+    assert a.sum() == 12 and not b.any()
+    s = tensors.aligned_zeros((), np.float64)
+    s[...] = 2.5
+    assert s.shape == () and float(s) == 2.5
+
+
+COPY_SOURCES = {
+    "float32": np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32),
+    "int64": np.arange(10, dtype=np.int64),
+    "scalar": np.float32(2.5),
+    "zero-size": np.zeros((0, 3), np.float16),
+    "strided": np.random.default_rng(1).standard_normal((6, 4))[:, ::2],
+    "fortran": np.asfortranarray(np.arange(12, dtype=np.int32).reshape(3, 4)),
+    "big-endian": np.arange(5, dtype=">f4"),
+}
+
+
+@pytest.mark.parametrize("name", list(COPY_SOURCES))
+def test_aligned_copy(name: str) -> None:
+    source = COPY_SOURCES[name]
+    before = np.array(source, copy=True)
+    out = tensors.aligned_copy(source)
+    assert out.flags.c_contiguous and (out.ctypes.data % tensors.ALIGN == 0 or not out.size)  # zero-size: see above
+    assert out.shape == np.shape(source) and out.dtype == np.asarray(source).dtype
+    np.testing.assert_array_equal(out, source)
+    if out.size:
+        assert not np.shares_memory(out, source)
+        out[...] = 0
+        np.testing.assert_array_equal(source, before)  # a copy: the source is untouched
+
+
+def test_aligned_copy_casts_to_the_given_dtype() -> None:
+    source = np.random.default_rng(2).standard_normal((9, 3))  # float64
+    for dtype in (np.float32, np.dtype("<f4"), "float16", np.int32):
+        out = tensors.aligned_copy(source, dtype)
+        assert out.dtype == np.dtype(dtype) and out.ctypes.data % tensors.ALIGN == 0
+        np.testing.assert_array_equal(out, source.astype(dtype))
+    listed = tensors.aligned_copy([[1, 2], [3, 4]], np.float32)
+    assert listed.dtype == np.float32 and listed.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert tensors.aligned_copy([1.5, 2.5]).dtype == np.float64
+
+
 # ---- fingerprints --------------------------------------------------------------------------------
 def test_fingerprint(task: Task, weights_layout: Layout, result_layout: Layout) -> None:
     for layout in (weights_layout, result_layout):

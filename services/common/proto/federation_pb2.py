@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&services/common/proto/federation.proto\x12\ntff_k8s.v1\"\x1b\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0bshard_index\x18\x02 \x01(\x05\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\" \n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xe5\x01\n\nTaskHeader\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.tff_k8s.v1.TaskHeader.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06layout\x18\x07 \x01(\t\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04\x44ONE\x10\x03J\x04\x08\x05\x10\x06R\x0epayload_sha256\"M\n\tTaskChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.tff_k8s.v1.TaskHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xe6\x01\n\x0cResultHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06layout\x18\x07 \x01(\t\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.tff_k8s.v1.ResultHeader.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x05\x10\x06R\x0epayload_sha256\"Q\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.tff_k8s.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\xc5\x01\n\nFederation\x12\x36\n\x04Join\x12\x17.tff_k8s.v1.JoinRequest\x1a\x15.tff_k8s.v1.JoinReply\x12;\n\x07GetTask\x12\x17.tff_k8s.v1.TaskRequest\x1a\x15.tff_k8s.v1.TaskChunk0\x01\x12\x42\n\x0cSubmitResult\x12\x17.tff_k8s.v1.ResultChunk\x1a\x17.tff_k8s.v1.SubmitReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&services/common/proto/federation.proto\x12\ntff_k8s.v1\"\x1b\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0bshard_index\x18\x02 \x01(\x05\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\" \n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xe5\x01\n\nTaskHeader\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.tff_k8s.v1.TaskHeader.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06layout\x18\x07 \x01(\t\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04\x44ONE\x10\x03J\x04\x08\x05\x10\x06R\x0epayload_sha256\"M\n\tTaskChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.tff_k8s.v1.TaskHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xfd\x01\n\x0cResultHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06layout\x18\x07 \x01(\t\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.tff_k8s.v1.ResultHeader.MetricsEntry\x12\x15\n\rupdate_weight\x18\x08 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x05\x10\x06R\x0epayload_sha256\"Q\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.tff_k8s.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\xc5\x01\n\nFederation\x12\x36\n\x04Join\x12\x17.tff_k8s.v1.JoinRequest\x1a\x15.tff_k8s.v1.JoinReply\x12;\n\x07GetTask\x12\x17.tff_k8s.v1.TaskRequest\x1a\x15.tff_k8s.v1.TaskChunk0\x01\x12\x42\n\x0cSubmitResult\x12\x17.tff_k8s.v1.ResultChunk\x1a\x17.tff_k8s.v1.SubmitReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_TASKCHUNK']._serialized_start=422
   _globals['_TASKCHUNK']._serialized_end=499
   _globals['_RESULTHEADER']._serialized_start=502
-  _globals['_RESULTHEADER']._serialized_end=732
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=664
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=710
-  _globals['_RESULTCHUNK']._serialized_start=734
-  _globals['_RESULTCHUNK']._serialized_end=815
-  _globals['_SUBMITREPLY']._serialized_start=817
-  _globals['_SUBMITREPLY']._serialized_end=864
-  _globals['_FEDERATION']._serialized_start=867
-  _globals['_FEDERATION']._serialized_end=1064
+  _globals['_RESULTHEADER']._serialized_end=755
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=687
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=733
+  _globals['_RESULTCHUNK']._serialized_start=757
+  _globals['_RESULTCHUNK']._serialized_end=838
+  _globals['_SUBMITREPLY']._serialized_start=840
+  _globals['_SUBMITREPLY']._serialized_end=887
+  _globals['_FEDERATION']._serialized_start=890
+  _globals['_FEDERATION']._serialized_end=1087
 # @@protoc_insertion_point(module_scope)

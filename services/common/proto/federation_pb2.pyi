@@ -63,7 +63,7 @@ class TaskChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("client_id", "task_id", "round", "payload_bytes", "layout", "metrics")
+    __slots__ = ("client_id", "task_id", "round", "payload_bytes", "layout", "metrics", "update_weight")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,13 +77,15 @@ class ResultHeader(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     task_id: str
     round: int
     payload_bytes: int
     layout: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, client_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., layout: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    update_weight: float
+    def __init__(self, client_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., layout: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., update_weight: _Optional[float] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "data")
