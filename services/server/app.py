@@ -251,6 +251,7 @@ class FederationServer:
             # The previous round's evaluation and checkpoint must be done: the step below holds
             # three models at once, and the server's memory bound counts on nothing else.
             self.writer.flush()
+            writer_wait_s = time.monotonic() - collected
             if fold is not None:
                 self.state = self.algorithm.apply_mean(self.state, fold)
             else:
@@ -262,7 +263,8 @@ class FederationServer:
                 "sampled": len(task.sampled),
                 **weighted_train_metrics(results),
                 "collect_s": round(collected - started, 4),
-                "aggregate_s": round(aggregated - collected, 4),
+                "aggregate_s": round(aggregated - collected, 4),  # including writer_wait_s
+                "writer_wait_s": round(writer_wait_s, 4),
                 "seconds": round(aggregated - started, 4),
                 **memory_mb(),
                 "started_at": started_at,

@@ -27,8 +27,6 @@ from services.common import tensors
 from services.common.chunking import PayloadError
 from services.common.tensors import LayoutError
 
-FOLD_BLOCK = 1 << 18  # elements per multiply-add: bounds each upload's scratch to 1 MiB
-
 
 class RoundClosed(RuntimeError):
     """The round closed while this result was streaming in."""
@@ -135,30 +133,27 @@ class Upload:
         self.settled = False
         self._carry = b""  # the start of an element split across chunks
         self._trailing: np.ndarray | None = None  # the payload's own update_weight
-        self._scratch = np.empty(0, np.float32)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Check a chunk whole (size, NaN / Inf), then add it; a block of it that overflows once
-        weighted is refused before it is added."""
+        """Check a chunk whole (size; no NaN / Inf, also once weighted), then add it."""
         view = memoryview(data).cast("B")
         if self._carry:  # only a peer that cuts chunks mid-number pays for this copy
             view, self._carry = memoryview(self._carry + bytes(view)), b""
         if self.offset + len(view) > self.fold.layout.nbytes:
             raise PayloadError(f"stream carries more than the announced {self.fold.layout.nbytes} bytes")
-        pieces, taken = self._pieces(view)
-        for index, first, values in pieces:
-            if index == len(self.fold.layout.leaves) - 1:
-                self._trailing = values.copy()
-            else:
-                self._fold(index, first, values)
+        pieces, taken = self._weighted(view)
+        for index, first, scaled in pieces:
+            self.fold._add(index, first, scaled, self)
         self.offset += taken
         self._carry = bytes(view[taken:])
 
-    def _pieces(self, view: memoryview) -> tuple[list[tuple[int, int, np.ndarray]], int]:
-        """The whole elements at the front of ``view`` as (leaf, first element, values), all
-        checked; and how many bytes they take."""
+    def _weighted(self, view: memoryview) -> tuple[list[tuple[int, int, np.ndarray]], int]:
+        """The whole elements at the front of ``view``, checked, times the weight, as (leaf, first
+        element, values) pieces still to be added (the payload's own update_weight is kept aside,
+        and what an earlier attempt already added is skipped); and how many bytes they take."""
         leaves, pos, offset, index = self.fold.layout.leaves, 0, self.offset, 0
-        pieces = []
+        pieces, used = [], 0
+        scratch = np.empty(len(view) // 8 + 1, np.float64)  # the weighted values (any float dtype fits)
         while pos < len(view):
             while offset >= leaves[index].offset + leaves[index].nbytes:
                 index += 1
@@ -168,30 +163,29 @@ class Upload:
             if count == 0:
                 break
             values = np.frombuffer(view, leaf.dtype, count, pos)
-            if not np.isfinite(values).all():
-                raise LayoutError(f"{leaf.path} holds NaN or Inf")
-            pieces.append((index, (offset - leaf.offset) // size, values))
+            first = (offset - leaf.offset) // size
             offset += count * size
             pos += count * size
+            if index == len(leaves) - 1:  # update_weight: compared with the header's in finish()
+                if not np.isfinite(values).all():
+                    raise LayoutError(f"{leaf.path} holds NaN or Inf")
+                self._trailing = values.copy()
+                continue
+            start = self.fold.starts[index] + first
+            if start + count <= self.skip:
+                continue
+            if start < self.skip:  # the part an earlier attempt already added
+                values, first = values[self.skip - start :], first + self.skip - start
+            dtype = self.fold.sums[index].dtype
+            scaled = scratch.view(np.uint8)[used : used + values.size * dtype.itemsize].view(dtype)
+            used += values.size * dtype.itemsize
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.multiply(values, self.weight.astype(dtype), out=scaled)
+            if not np.isfinite(scaled).all():  # NaN or Inf times the weight stays so: one check for both
+                what = "holds NaN or Inf" if not np.isfinite(values).all() else "x update_weight overflows"
+                raise LayoutError(f"{leaf.path} {what}")
+            pieces.append((index, first, scaled))
         return pieces, pos
-
-    def _fold(self, leaf_index: int, first: int, values: np.ndarray) -> None:
-        start = self.fold.starts[leaf_index] + first
-        if start + values.size <= self.skip:
-            return
-        if start < self.skip:  # the part an earlier attempt already added
-            values, first = values[self.skip - start :], first + self.skip - start
-        dtype = self.fold.sums[leaf_index].dtype
-        if self._scratch.dtype != dtype or self._scratch.size < min(values.size, FOLD_BLOCK):
-            self._scratch = np.empty(min(max(values.size, 1), FOLD_BLOCK), dtype)
-        for at in range(0, values.size, FOLD_BLOCK):
-            block = values[at : at + FOLD_BLOCK]
-            scaled = self._scratch[: block.size]
-            with np.errstate(over="ignore"):
-                np.multiply(block, self.weight.astype(dtype), out=scaled)
-            if not np.isfinite(scaled).all():
-                raise LayoutError(f"{self.fold.layout.leaves[leaf_index].path} x update_weight overflows")
-            self.fold._add(leaf_index, first + at, scaled, self)
 
     def finish(self) -> None:
         """The stream ended: it must have been exactly the layout, with the header's weight."""
