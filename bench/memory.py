@@ -6,9 +6,9 @@ counts and measure the server's peak RSS against the model size.
 Each run is `bench/runners/ours.py` (the real server and client entrypoints on loopback, mean
 aggregator). The server's *fixed overhead* is its peak RSS with a 1 MiB model and 4 clients
 (TensorFlow, TFF, gRPC); for each run the script prints (peak - fixed) / model size, which the
-design bounds by about 2 + ``server.upload_slots`` (the global model and the running sum, plus
-one buffer per upload being received) whatever the number of clients. Writes
-bench/results/memory.json.
+design bounds by about 3 whatever the number of clients: the global model, the running sum (each
+result is folded in chunk by chunk as it streams in, never held whole) and, during the optimizer
+step, the new weights. Writes bench/results/memory.json.
 """
 
 from __future__ import annotations

@@ -170,14 +170,16 @@ turn inside each simulator process; the server's memory is nearly flat in the co
 {scale_table(scale)}
 
 ## Large models and the server's memory (`bench/memory.py`)
-The same federation (mean aggregator, default `server.upload_slots` = 2) with large models: a
-200 MiB model trains with 4 and 8 clients. By design the server holds the global model (as sent),
-the running weighted sum, the results being received (at most `upload_slots`) and the evaluation
-model's weights, and during the optimizer step TensorFlow's copies of the weights and the update.
-Measured, the peak is well above that sum and grows a little with the client count: TensorFlow's
-oneDNN allocator keeps freed buffers (start-up transients stay resident; `TF_ENABLE_ONEDNN_OPTS=0`
-returns them), and gRPC buffers the data of uploads that wait for a slot (their flow-control
-windows grow with BDP probing). The 4x-model bound is not met yet.
+The same federation (mean aggregator) with a 200 MiB model and 4 and 8 clients; the fixed
+overhead is the server's peak with a 1 MiB model (TensorFlow, TFF, gRPC). The server folds each
+result into the round's sum chunk by chunk as it streams in, so no result is ever held whole and
+nothing waits in an upload slot. It holds the global model and the running sum, and during the
+optimizer step the new weights: TensorFlow reads the weights and the sum in place (DLPack) and
+its output becomes the next global model without a copy. The evaluation model's variables adopt
+the state's buffers. The server runs TensorFlow without oneDNN (whose caching allocator kept
+freed model-sized buffers resident) and sets glibc's mmap threshold to 4 MiB with 2 arenas, so
+freed buffers go back to the system. Bound by design: about 3x the model plus the fixed
+overhead, whatever the number of clients.
 
 {memory_table(memory)}
 """

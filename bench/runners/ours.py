@@ -29,6 +29,7 @@ import numpy as np
 from bench import procs
 from bench.runners import main, make_record, n_floats
 from services.common.config import load_config, parse_set
+from services.common.cpus import cpu_limit
 from services.common.data import NUM_CLASSES, NUM_FEATURES
 
 MAX_CLIENT_PROCESSES = 4
@@ -64,6 +65,10 @@ def _config(work: Path, size_mb: float, clients: int, rounds: int) -> Path:
         "client.health_port": 0,
         "client.server_address": f"127.0.0.1:{port}",
         "client.reconnect_max_s": 1.0,
+        # Each client process gets its share of the cores for TensorFlow's thread pools, as a
+        # Kubernetes CPU limit gives each client pod (services/common/cpus.py); by default TF
+        # would start a pool per process as wide as the machine.
+        "client.tf_threads": max(1, cpu_limit() // min(clients, MAX_CLIENT_PROCESSES)),
         # Experiments: BENCH_OURS_SET="server.upload_slots=8 training.aggregator=robust"
         **parse_set(os.environ.get("BENCH_OURS_SET", "").split()),
     })

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from services.common.config import ConfigError, config_from_argv
+from services.common.cpus import limit_tf_threads
 from services.common.logs import setup
 from services.common.transport import SecurityError
 
@@ -24,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error(str(exc))
         return 2
+    limit_tf_threads(cfg.client.tf_threads)  # before TensorFlow loads
     from services.client.health import start_health
 
     health = start_health(cfg.client.health_port)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 
 from services.common.config import ConfigError, load_config, parse_set
+from services.common.cpus import limit_tf_threads
 from services.common.logs import setup
 
 log = logging.getLogger("services.client.simulator")
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error(str(exc))
         return 2
 
+    limit_tf_threads(cfg.client.tf_threads)  # before TensorFlow loads
     from services.client.app import FederationClient  # heavy: TensorFlow + TFF
     from services.client.trainer import ClientUpdate
     from services.common.task import Task

@@ -151,6 +151,11 @@ class ClientSettings(_Strict):
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0)
     give_up_after_s: float = Field(600.0, gt=0, description="Exit non-zero after this long without a server.")
+    tf_threads: int = Field(
+        0, ge=0, le=256,
+        description="TensorFlow's intra- and inter-op threads in a client process; 0: the CPUs the container "
+        "may use (its cgroup CPU limit, else the CPUs it may run on).",
+    )
 
     @model_validator(mode="after")
     def _address_has_port(self) -> ClientSettings:

@@ -53,9 +53,10 @@ def initial_weights(seed: int, model_settings: ModelSettings = DEFAULT_MODEL) ->
     """Deterministic initial global model for ``seed`` (the same in every process)."""
     tf.keras.utils.set_random_seed(seed)
     model = keras_model(model_settings)
+    # The variables' own buffers (aligned, no copy); the model is dropped right after.
     return tff.learning.models.ModelWeights(
-        trainable=[v.numpy() for v in model.trainable_variables],
-        non_trainable=[v.numpy() for v in model.non_trainable_variables],
+        trainable=[tensors.as_array(v.read_value()) for v in model.trainable_variables],
+        non_trainable=[tensors.as_array(v.read_value()) for v in model.non_trainable_variables],
     )
 
 

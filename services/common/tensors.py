@@ -86,15 +86,16 @@ class Layout:
             view[...] = a  # one copy, casting to the wire dtype
         return memoryview(out).toreadonly()
 
-    def parts(self, arrays: Sequence[np.ndarray]) -> tuple[memoryview, ...]:
+    def parts(self, arrays: Sequence[np.ndarray], *, check_finite: bool = True) -> tuple[memoryview, ...]:
         """The wire form of ``arrays`` without a copy: read-only byte views of each, back to back.
-        Each array must already be C-ordered with its leaf's shape and wire dtype; floats finite."""
+        Each array must already be C-ordered with its leaf's shape and wire dtype; floats finite
+        (unless ``check_finite`` is False: the caller knows they are)."""
         self._check_count(arrays)
         out = []
         for leaf, a in zip(self.leaves, arrays, strict=True):
             if a.shape != leaf.shape or a.dtype != leaf.dtype or not a.flags.c_contiguous:
                 raise ValueError(f"{leaf.path}: {a.dtype}{list(a.shape)} is not {leaf.dtype}{list(leaf.shape)} in C order")
-            if leaf.dtype.kind == "f" and not np.isfinite(a).all():
+            if check_finite and leaf.dtype.kind == "f" and not np.isfinite(a).all():
                 raise LayoutError(f"{leaf.path} holds NaN or Inf")
             out.append(a.data.cast("B").toreadonly() if a.size else memoryview(b""))
         return tuple(out)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 
 from services.common.config import ConfigError, config_from_argv
+from services.common.cpus import limit_tf_threads
 from services.common.logs import setup
 
 log = logging.getLogger("services.server")
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow work (the optimizer step, evaluation) gains nothing from oneDNN: switch it off
     # before TensorFlow loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    limit_tf_threads()
     from services.common.tff_runtime import TffRuntime  # heavy: TensorFlow + TFF
     from services.server.app import FederationServer
 

@@ -133,11 +133,15 @@ class ServerAlgorithm:
         return ServerState(round_number, payload, leaves, aggregator, finalizer)
 
     def _aligned(self, leaves: Sequence[Any]) -> list[np.ndarray]:
-        """Aligned copies in the wire dtypes, made one at a time (each original is let go)."""
+        """The leaves as aligned, writable arrays in the wire dtypes: as they are when they
+        already are, else copied one at a time (each original is let go)."""
         source, out = list(leaves), []
         for i, leaf in enumerate(self.weights_layout.leaves):
-            out.append(tensors.aligned_copy(source[i], leaf.dtype.newbyteorder("=")))
-            source[i] = None
+            a = np.asarray(source[i])
+            ready = (a.dtype == leaf.dtype and a.flags.c_contiguous and a.flags.writeable
+                     and (a.size == 0 or a.ctypes.data % tensors.ALIGN == 0))
+            out.append(a if ready else tensors.aligned_copy(a, leaf.dtype.newbyteorder("=")))
+            source[i] = a = None  # type: ignore[assignment]
         return out
 
     def initialize(self) -> ServerState:

@@ -75,9 +75,10 @@ class FederationServer:
         # Only the robust and dp aggregators run TFF computations (the caller starts the runtime).
         self.algorithm = ServerAlgorithm(self.task, training, run_tff=use_in_this_thread)
         _, self.eval_data = load_digits_split(cfg.data.eval_fraction, training.seed)
-        # Zeros, not a random draw: its weights are replaced by the state's before every use.
-        self.eval_model = self.task.keras_model(initialized=False)
         self.state, rng, assignments = self._restore_or_init()
+        # Zeros, not a random draw: its weights are replaced by the state's before every use (made
+        # after the state, so start-up never holds the initial model's transients and these too).
+        self.eval_model = self.task.keras_model(initialized=False)
         self._keras_model(self.state)  # its variables adopt the weights: the zeros are freed now
         self.coordinator = Coordinator(
             min_clients=training.min_clients,
