@@ -9,6 +9,7 @@ transfer; anything that is not exactly such a message goes through protobuf as u
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -65,10 +66,37 @@ def data_messages(data: Buffer | Sequence[Buffer], chunk_bytes: int) -> Iterator
             filled += len(take)
             view = view[len(take) :]
             if filled == chunk_bytes:
-                yield b"".join((bytes((DATA_TAG,)), _varint(filled), *pieces))
+                yield _framed(pieces, filled)
                 pieces, filled = [], 0
     if filled:
-        yield b"".join((bytes((DATA_TAG,)), _varint(filled), *pieces))
+        yield _framed(pieces, filled)
+
+
+def _framed(pieces: Sequence[memoryview], nbytes: int) -> bytes:
+    return b"".join((bytes((DATA_TAG,)), _varint(nbytes), *pieces))
+
+
+class Segments:
+    """A payload of several buffers back to back, with random access to byte ranges."""
+
+    def __init__(self, data: Buffer | Sequence[Buffer]) -> None:
+        self.views = [view for view in segments(data) if len(view)]
+        self.starts = [0]
+        for view in self.views:
+            self.starts.append(self.starts[-1] + len(view))
+        self.nbytes = self.starts[-1]
+
+    def data_message(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` as one serialized data chunk message (the same bytes as the
+        matching message of :func:`data_messages`)."""
+        pieces, i = [], max(bisect.bisect_right(self.starts, start) - 1, 0)
+        while start < end:
+            view, first = self.views[i], self.starts[i]
+            take = view[start - first : min(end, first + len(view)) - first]
+            pieces.append(take)
+            start += len(take)
+            i += 1
+        return _framed(pieces, sum(len(p) for p in pieces))
 
 
 def serialize_chunk(message: Any) -> bytes:

@@ -18,15 +18,14 @@ from services.common.chunking import (
     PayloadError,
     assemble,
     check_size,
-    data_messages,
     data_of,
-    payload_nbytes,
     serialize_chunk,
 )
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
 from services.common.tensors import Layout, LayoutError
+from services.server.broadcast import Broadcast
 from services.server.coordinator import Coordinator, Reject, Result, RoundTask, TaskKind
 from services.server.fold import RoundClosed
 from services.server.telemetry import Telemetry, memory_mb
@@ -113,6 +112,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         # each chunk in as it arrives, services.server.fold.)
         self.upload_slots = threading.BoundedSemaphore(upload_slots)
         self.telemetry = telemetry
+        self._broadcast: Broadcast | None = None
+        self._broadcast_lock = threading.Lock()
         self.chunk_bytes = chunk_bytes
         self.max_payload_bytes = max_payload_bytes
         self.poll_s = poll_s
@@ -148,7 +149,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         if kind is TaskKind.WAIT or task is None:
             yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.WAIT))
             return
-        payload_bytes = payload_nbytes(task.payload)
+        broadcast = self._broadcast_of(task)
+        payload_bytes = broadcast.nbytes
         yield pb.TaskChunk(
             header=pb.TaskHeader(
                 kind=pb.TaskHeader.TRAIN,
@@ -159,8 +161,15 @@ class FederationServicer(pb_grpc.FederationServicer):
                 deadline_s=task.remaining(self.coordinator.clock()),
             )
         )
-        yield from data_messages(task.payload, self.chunk_bytes)
+        yield from broadcast.messages()
         self.telemetry.add_bytes(sent=payload_bytes)
+
+    def _broadcast_of(self, task: RoundTask) -> Broadcast:
+        """The round's chunk messages, shared by its sampled clients' streams."""
+        with self._broadcast_lock:
+            if self._broadcast is None or self._broadcast.task_id != task.task_id:
+                self._broadcast = Broadcast(task.task_id, task.payload, self.chunk_bytes, len(task.sampled))
+            return self._broadcast
 
     def SubmitResult(self, request_iterator: Iterator[pb.ResultChunk], context: grpc.ServicerContext) -> pb.SubmitReply:  # noqa: N802
         first = next(request_iterator, None)
