@@ -57,19 +57,9 @@ def payload_nbytes(data: Buffer | Sequence[Buffer]) -> int:
 def data_messages(data: Buffer | Sequence[Buffer], chunk_bytes: int) -> Iterator[bytes]:
     """``data`` (one buffer or several back to back) as serialized chunk messages of at most
     ``chunk_bytes`` each; the only copy is the one that joins each message."""
-    pieces: list[memoryview] = []
-    filled = 0
-    for view in segments(data):
-        while view:
-            take = view[: chunk_bytes - filled]
-            pieces.append(take)
-            filled += len(take)
-            view = view[len(take) :]
-            if filled == chunk_bytes:
-                yield _framed(pieces, filled)
-                pieces, filled = [], 0
-    if filled:
-        yield _framed(pieces, filled)
+    payload = Segments(data)
+    for start in range(0, payload.nbytes, chunk_bytes):
+        yield payload.data_message(start, min(start + chunk_bytes, payload.nbytes))
 
 
 def _framed(pieces: Sequence[memoryview], nbytes: int) -> bytes:
@@ -87,8 +77,7 @@ class Segments:
         self.nbytes = self.starts[-1]
 
     def data_message(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` as one serialized data chunk message (the same bytes as the
-        matching message of :func:`data_messages`)."""
+        """Bytes ``[start, end)`` as one serialized data chunk message."""
         pieces, i = [], max(bisect.bisect_right(self.starts, start) - 1, 0)
         while start < end:
             view, first = self.views[i], self.starts[i]

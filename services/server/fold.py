@@ -44,8 +44,6 @@ class StreamingMean:
             if leaf.dtype.kind != "f":
                 raise TypeError(f"the mean aggregator needs floating updates; {leaf.path} is {leaf.dtype}")
         self.layout = layout
-        self.update_leaves = tuple(update)
-        self.weight_leaf = weight
         self.sums = [tensors.aligned_zeros(leaf.shape, leaf.dtype.newbyteorder("=")) for leaf in update]
         self._flat = [s.reshape(-1) for s in self.sums]
         sizes = [s.size for s in self.sums]
