@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 # uv from PATH, else the copy `make uv` installs from PyPI into this Python (run as `python3 -m uv`).
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-RUN := $(UV) run --frozen --all-extras
+RUN := $(UV) run --frozen
 ARGS ?=
 
 .PHONY: demo test test-fast sync uv lint
@@ -11,7 +11,7 @@ uv:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
 sync: uv
-	$(UV) sync --frozen --all-extras
+	$(UV) sync --frozen
 
 demo: sync
 	$(RUN) tff-k8s local --output-dir out/demo $(ARGS)

@@ -206,7 +206,7 @@ def test_ci_runs_lint_types_and_the_readme_test_command_on_python_311() -> None:
     pythons = [s["with"]["python-version"] for _, s in steps(ci) if "setup-python" in s.get("uses", "")]
     assert pythons == ["3.11"]
     runs = [w for _, s in steps(ci) if "run" in s for w in commands(s["run"])]
-    assert ["make", "sync"] in runs and make_targets()["sync"] == ["$(UV) sync --frozen --all-extras"]
+    assert ["make", "sync"] in runs and make_targets()["sync"] == ["$(UV) sync --frozen"]
     assert ["make", "test"] in runs, "the README's test command"
     assert ["make", "lint"] in runs and any(w[-2:] == ["check", "policy"] for w in runs), (
         "ruff on policy/ too"
