@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
 
 from bench import procs  # noqa: E402
 from services.common.config import load_config  # noqa: E402
+from services.runner.loopback import loopback_overrides  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -31,7 +32,6 @@ RESULTS = ROOT / "bench" / "results"
 def scale_run(connected: int, per_round: int, rounds: int, processes: int, timeout_s: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, procs.Owned() as owned:
         work = Path(tmp)
-        port, metrics_port = procs.free_ports(2)
         sampled = min(per_round, connected)
         cfg = load_config(None, environ={}, overrides={
             "training.rounds": rounds + 1,  # + the warm-up round
@@ -40,10 +40,7 @@ def scale_run(connected: int, per_round: int, rounds: int, processes: int, timeo
             "training.local_epochs": 1,
             "training.round_deadline_s": 600,
             "data.num_shards": connected,
-            "server.host": "127.0.0.1", "server.port": port, "server.metrics_port": metrics_port,
-            "server.output_dir": str(work / "out"),
-            "security.tls": False, "security.token_file": None,
-            "client.health_port": 0, "client.server_address": f"127.0.0.1:{port}",
+            **loopback_overrides(work / "out"),
             "client.reconnect_max_s": 1.0,
         })
         conf = work / "federation.yaml"

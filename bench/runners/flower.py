@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench import procs
 from bench.runners import Unavailable, main, make_record
+from services.runner.loopback import free_ports
 
 BENCH = Path(__file__).resolve().parents[1]
 VENV = BENCH / ".venv-flower"
@@ -47,7 +48,7 @@ def run(size_mb: float, clients: int, rounds: int, timeout_s: float | None = Non
     timeout_s = timeout_s or 180 + (rounds + 1) * (20 + 4 * clients + 0.05 * size_mb * clients)
     with tempfile.TemporaryDirectory(prefix="bench-flower-") as tmp_name, procs.Owned() as owned:
         tmp = Path(tmp_name)
-        link_port, *node_ports = procs.free_ports(clients + 1)
+        link_port, *node_ports = free_ports(clients + 1)
         (tmp / "home").mkdir()
         (tmp / "home" / "config.toml").write_text(
             f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'

@@ -31,6 +31,7 @@ from bench.runners import main, make_record, n_floats
 from services.common.config import load_config, parse_set
 from services.common.cpus import cpu_limit
 from services.common.data import NUM_CLASSES, NUM_FEATURES
+from services.runner.loopback import loopback_overrides
 
 MAX_CLIENT_PROCESSES = 4
 
@@ -44,7 +45,6 @@ def _config(work: Path, size_mb: float, clients: int, rounds: int) -> Path:
     data = work / "data"
     data.mkdir()
     np.savez(data / "one.npz", x=np.full((1, NUM_FEATURES), 0.5, np.float32), y=np.zeros(1, np.int64))
-    port, metrics_port = procs.free_ports(2)
     cfg = load_config(None, environ={}, overrides={
         "training.rounds": rounds + 2,  # + the warm-up round, + one whose start ends the last period
         "training.min_clients": clients,
@@ -56,14 +56,7 @@ def _config(work: Path, size_mb: float, clients: int, rounds: int) -> Path:
         "data.source": "npz",
         "data.npz_dir": str(data),
         "data.eval_fraction": 0.002,  # a few held-out examples: evaluation stays in, but small
-        "server.host": "127.0.0.1",
-        "server.port": port,
-        "server.metrics_port": metrics_port,
-        "server.output_dir": str(work / "out"),
-        "security.tls": False,
-        "security.token_file": None,
-        "client.health_port": 0,
-        "client.server_address": f"127.0.0.1:{port}",
+        **loopback_overrides(work / "out"),
         "client.reconnect_max_s": 1.0,
         # Each client process gets its share of the cores for TensorFlow's thread pools, as a
         # Kubernetes CPU limit gives each client pod (services/common/cpus.py); by default TF

@@ -35,6 +35,11 @@ class ServerSettings(_Strict):
     host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
     port: int = Field(50051, ge=1, le=65535, description="gRPC port clients dial.")
     metrics_port: int = Field(9090, ge=1, le=65535, description="Prometheus text endpoint port.")
+    health_port: int = Field(
+        8080, ge=1, le=65535,
+        description="Plaintext grpc.health.v1 port for kubelet probes (the kubelet's gRPC prober cannot "
+        "speak TLS, and server.port serves TLS in prod). It answers health checks only.",
+    )
     output_dir: str = Field(
         "/var/lib/tff-k8s",
         description="Checkpoints, metrics.jsonl and model.keras go here (a persistent volume in k8s).",
@@ -54,11 +59,21 @@ class ServerSettings(_Strict):
     tff_startup_timeout_s: float = Field(
         120.0, gt=0, description="How long the TFF runtime may take to start before failing loudly."
     )
+    on_finish: Literal["serve", "exit"] = Field(
+        "serve",
+        description="After the last round: serve (stay up in the finished state: health SERVING, the "
+        "tff_k8s_training_finished gauge at 1, every client told DONE; a restart stays finished) or exit "
+        "(exit 0, for process supervisors such as the local runner).",
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerSettings:
-        if self.port == self.metrics_port:
-            raise ValueError("port and metrics_port must differ (set server.metrics_port to another port)")
+        ports = {"port": self.port, "metrics_port": self.metrics_port, "health_port": self.health_port}
+        if len(set(ports.values())) < len(ports):
+            raise ValueError(
+                f"server ports must differ, got {ports}: set server.port, server.metrics_port and "
+                "server.health_port to three different ports"
+            )
         return self
 
 
@@ -78,6 +93,12 @@ class TrainingSettings(_Strict):
     aggregator: Literal["mean", "robust", "dp"] = "mean"
     dp_noise_multiplier: float = Field(0.1, ge=0, description="Noise multiplier for the dp aggregator.")
     seed: int = Field(0, ge=0, description="Seeds model init, client sampling and data partitioning.")
+    run_id: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="The run's identity. Default: derived from the training, model and data settings, so "
+        "changing any of them starts a new run (the old run's files are kept under <output_dir>/runs/). Set "
+        "it to keep one run across such changes, e.g. to extend a run with more rounds.",
+    )
 
     @property
     def required_results(self) -> int:
@@ -151,6 +172,11 @@ class ClientSettings(_Strict):
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0)
     give_up_after_s: float = Field(600.0, gt=0, description="Exit non-zero after this long without a server.")
+    on_done: Literal["idle", "exit"] = Field(
+        "idle",
+        description="When the server says training is done: idle (stay up and Ready until stopped, as a "
+        "Deployment's Pod must) or exit (exit 0, for process supervisors such as the local runner).",
+    )
     tf_threads: int = Field(
         0, ge=0, le=256,
         description="TensorFlow's intra- and inter-op threads in a client process; 0: the CPUs the container "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -18,18 +17,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.common.config import ConfigError, FederationConfig, load_config, parse_set
+from services.runner.loopback import loopback_overrides
 from services.runner.plot import plot_rounds
 from services.runner.processes import Child, ProcessGroup
 
 CONFIG_NAME = "federation.yaml"
 PLOT_NAME = "training.png"
 RUN_FILES = ("metrics.jsonl", "model.keras", "checkpoint.bin", PLOT_NAME, CONFIG_NAME)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,16 +52,7 @@ def build_config(args: argparse.Namespace) -> FederationConfig:
         "training.min_clients": args.clients,
         "training.clients_per_round": args.clients,
         "data.num_shards": args.clients,
-        "server.host": "127.0.0.1",
-        "server.port": free_port(),
-        "server.metrics_port": free_port(),
-        "server.output_dir": str(args.output_dir.resolve()),
-        # Local runs only: plaintext on loopback, no token (the containers default to TLS + token).
-        "security.tls": False,
-        "security.mutual_tls": False,
-        "security.token_file": None,
-        "client.health_port": 0,
-        "client.reconnect_max_s": 2.0,  # the server takes a while to import TensorFlow; poll it often
+        **loopback_overrides(args.output_dir.resolve()),
     }
     for flag, key in (("partition", "data.partition"), ("alpha", "data.dirichlet_alpha"),
                       ("aggregator", "training.aggregator")):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import FederationConfig, load_config
-from services.runner.local import free_port
+from services.runner.loopback import loopback_overrides
 from services.runner.processes import Child, ProcessGroup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,22 +26,13 @@ DEBUG_ENV = {"PYTHONFAULTHANDLER": "1"}
 
 
 def federation_config(out_dir: Path, *, clients: int, rounds: int, **overrides: Any) -> FederationConfig:
-    port = free_port()
     base: dict[str, Any] = {
         "training.rounds": rounds,
         "training.min_clients": clients,
         "training.clients_per_round": clients,
         "training.round_deadline_s": 120,
         "data.num_shards": clients,
-        "server.host": "127.0.0.1",
-        "server.port": port,
-        "server.metrics_port": free_port(),
-        "server.output_dir": str(out_dir),
-        "security.tls": False,
-        "security.token_file": None,
-        "client.health_port": 0,
-        "client.server_address": f"127.0.0.1:{port}",
-        "client.reconnect_max_s": 2.0,
+        **loopback_overrides(out_dir),
     }
     base.update(overrides)
     return load_config(None, overrides=base, environ={})
