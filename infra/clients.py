@@ -51,8 +51,8 @@ class FederationClients(pulumi.ComponentResource):
         )
         container = federation_container(
             "client",
-            image=d.images.client,
-            pull_policy=d.images.pull_policy,
+            image=d.image.ref,
+            pull_policy=d.image.pull_policy,
             uid=d.run_as_user,
             resources=c.resources,
             ports={"health": fed.client.health_port},

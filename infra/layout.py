@@ -15,10 +15,12 @@ CONFIG_FILE = "/etc/tff-k8s/federation.yaml"
 CONFIG_KEY = posixpath.basename(CONFIG_FILE)
 TMP_DIR = "/tmp"  # TensorFlow writes here; the root filesystem is read-only
 INIT = ["/usr/bin/tini", "-g", "--"]  # reaps TFF's worker_binary and signals its process group
+PYTHON = "/opt/venv/bin/python"  # the image's environment (services/Dockerfile); absolute, needs no PATH
 
 
 def command(role: Role) -> list[str]:
-    return [*INIT, "python", "-m", f"services.{role}"]
+    """One image serves both roles: the command picks which service it starts."""
+    return [*INIT, PYTHON, "-m", f"services.{role}"]
 
 
 def args() -> list[str]:

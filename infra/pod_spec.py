@@ -11,6 +11,7 @@ import pulumi_kubernetes as k8s
 
 from infra import layout
 from infra.stack_config import Resources
+from services.common.health import LIVE, READY
 
 core = k8s.core.v1
 PROBE_PERIOD_S = 5
@@ -48,15 +49,20 @@ def resource_requirements(res: Resources) -> core.ResourceRequirementsArgs:
 
 
 def grpc_probes(port: int, startup_budget_s: float) -> tuple[core.ProbeArgs, core.ProbeArgs, core.ProbeArgs]:
-    """(startup, readiness, liveness) on grpc.health.v1; startup covers the TensorFlow import and TFF start-up."""
-    grpc = core.GRPCActionArgs(port=port)
+    """(startup, readiness, liveness) on the plaintext grpc.health.v1 port (services/common/health.py):
+    start-up and liveness ask whether the process answers, readiness whether it does its job (the
+    server: restored and listening; a client: joined and reaching the server). The health endpoint
+    starts before TensorFlow loads; ``startup_budget_s`` bounds how long that may take. Timeouts are
+    5 s: a probe answered by a CPU-throttled container can take longer than the 1 s default."""
+    live, ready = core.GRPCActionArgs(port=port, service=LIVE), core.GRPCActionArgs(port=port, service=READY)
     startup = core.ProbeArgs(
-        grpc=grpc,
+        grpc=live,
         period_seconds=PROBE_PERIOD_S,
+        timeout_seconds=5,
         failure_threshold=max(1, math.ceil(startup_budget_s / PROBE_PERIOD_S)),
     )
-    readiness = core.ProbeArgs(grpc=grpc, period_seconds=10, failure_threshold=3)
-    liveness = core.ProbeArgs(grpc=grpc, period_seconds=20, timeout_seconds=5, failure_threshold=3)
+    readiness = core.ProbeArgs(grpc=ready, period_seconds=PROBE_PERIOD_S, timeout_seconds=5, failure_threshold=2)
+    liveness = core.ProbeArgs(grpc=live, period_seconds=20, timeout_seconds=5, failure_threshold=3)
     return startup, readiness, liveness
 
 

@@ -37,7 +37,8 @@ def main() -> None:
     pulumi.export("namespace", federation.namespace)
     pulumi.export("serverAddress", federation.server_address)
     pulumi.export("clientReplicas", d.clients.replicas)
-    pulumi.export("images", {"server": d.images.server, "client": d.images.client})
+    pulumi.export("image", d.image.ref)
+    pulumi.export("runId", cfg.federation.run_id)
     pulumi.export("logsCommand", kubectl(cfg, "logs", "--follow", f"pod/{d.server.name}"))
     clients = ",".join(f"{k}={v}" for k, v in Labels(d.instance).selector(CLIENT).items())
     pulumi.export(

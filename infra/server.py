@@ -63,12 +63,12 @@ class FederationServer(pulumi.ComponentResource):
         )
         container = federation_container(
             "server",
-            image=d.images.server,
-            pull_policy=d.images.pull_policy,
+            image=d.image.ref,
+            pull_policy=d.image.pull_policy,
             uid=d.run_as_user,
             resources=s.resources,
-            ports={"grpc": fed.server.port, "metrics": fed.server.metrics_port},
-            probe_port=fed.server.port,
+            ports={"grpc": fed.server.port, "metrics": fed.server.metrics_port, "health": fed.server.health_port},
+            probe_port=fed.server.health_port,
             startup_budget_s=fed.server.tff_startup_timeout_s,
             mounts=mounts,
         )

@@ -95,12 +95,15 @@ class KubernetesTarget(_Strict):
     )
 
 
-class Images(_Strict):
-    server: str = "tff-k8s-server:dev"
-    client: str = "tff-k8s-client:dev"
+class Image(_Strict):
+    ref: str = Field(
+        default="tff-k8s:dev",
+        description="The one image both roles run (services/Dockerfile; the Pod's command picks the role): "
+        "a tag or digest, never latest.",
+    )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
-    @field_validator("server", "client")
+    @field_validator("ref")
     @classmethod
     def _pinned(cls, v: str) -> str:
         return check_image(v, require_digest=False)
@@ -194,7 +197,7 @@ class DeploymentSettings(_Strict):
         default="tff-k8s", description="app.kubernetes.io/instance and the prefix of shared names."
     )
     kubernetes: KubernetesTarget = KubernetesTarget()
-    images: Images = Images()
+    image: Image = Image()
     run_as_user: int = Field(default=10001, ge=1, description="Non-root UID/GID the images are built for.")
     server: ServerDeployment = ServerDeployment()
     clients: ClientDeployment = ClientDeployment()
@@ -241,16 +244,22 @@ def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
         )
     problems += layout.mount_problems(fed)
     if d.environment == "prod":
-        for key, image in (("server", d.images.server), ("client", d.images.client)):
-            try:
-                check_image(image, require_digest=True)
-            except ValueError as exc:
-                problems.append((f"deployment.images.{key}", str(exc)))
+        try:
+            check_image(d.image.ref, require_digest=True)
+        except ValueError as exc:
+            problems.append(("deployment.image.ref", str(exc)))
         if not fed.security.tls:
             problems.append(("federation.security.tls", "prod requires TLS: set it to true"))
         if not fed.security.token_file:
             problems.append(("federation.security.token_file", "prod requires client auth: set a token path"))
     return problems
+
+
+# Keys earlier versions had, and what replaced them.
+_REPLACED = {
+    "deployment.images": "replaced by deployment.image: one image serves both roles; set deployment.image.ref "
+    "(and deployment.image.pull_policy) instead",
+}
 
 
 def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
@@ -259,7 +268,7 @@ def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = (
+            msg = _REPLACED.get(key) or (
                 "unknown key (check its spelling against infra/stack_config.py or services/common/config.py)"
             )
         problems.append((key, msg))

@@ -1,13 +1,16 @@
 """Container entrypoint: ``python -m services.client --config /etc/tff-k8s/federation.yaml`` with
-``SERVER_ADDRESS`` set. Exit codes: 0 training done (or stopped by SIGTERM), 2 bad config or
-security material (including a token or certificate the server refuses), 3 the server stayed away
-longer than client.give_up_after_s, 1 anything else."""
+``SERVER_ADDRESS`` set. When the server says training is done, the client stays up and ready until
+it is stopped (``client.on_done: idle``, as a Deployment's Pod must: an exit would be restarted) or
+exits 0 (``exit``). Exit codes: 0 training done (or stopped by SIGTERM), 2 bad config or security
+material (including a token or certificate the server refuses), 3 the server stayed away longer
+than client.give_up_after_s, 1 anything else."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from services.common.config import ConfigError, config_from_argv
@@ -26,13 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error(str(exc))
         return 2
     limit_tf_threads(cfg.client.tf_threads)  # before TensorFlow loads
-    from services.client.health import start_health
+    from services.common.health import start_health
 
-    health = start_health(cfg.client.health_port)
+    health = start_health("0.0.0.0", cfg.client.health_port)
     client = None
+    stopped = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
+        stopped.set()
         if client is not None:
             client.session.stop()
         else:
@@ -45,8 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from services.common.tensors import LayoutError
 
     try:
-        client = FederationClient(cfg)
+        client = FederationClient(cfg, on_reachable=health.ready)
         client.run()
+        if cfg.client.on_done == "idle":
+            log.info("idle until stopped (client.on_done: idle)")
+            while not stopped.wait(3600):
+                pass
         return 0
     except (SecurityError, Refused, LayoutError) as exc:
         log.error(str(exc))
@@ -59,8 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if client is not None:
             client.session.close()
-        if health is not None:
-            health[0].stop(grace=None)
+        health.stop()
 
 
 if __name__ == "__main__":

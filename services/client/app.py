@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 
 import grpc
 
@@ -30,13 +31,13 @@ def client_data(cfg: FederationConfig, joined: Joined) -> Arrays:
 
 class FederationClient:
     def __init__(self, cfg: FederationConfig, name: str | None = None, task: Task | None = None,
-                 update: ClientUpdate | None = None) -> None:
+                 update: ClientUpdate | None = None, on_reachable: Callable[[bool], None] | None = None) -> None:
         self.cfg = cfg
         # Shared by the simulator's sessions; built once for this client otherwise.
         self.task = task or Task(cfg.training, cfg.model)
         self.update = update or ClientUpdate(self.task)
         self.name = name or cfg.client.name or socket.gethostname()
-        self.session = Session(cfg, self.name)
+        self.session = Session(cfg, self.name, on_reachable)
         self.rounds_trained = 0
 
     def run(self) -> None:

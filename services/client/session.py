@@ -81,8 +81,12 @@ REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 class Session:
-    def __init__(self, cfg: FederationConfig, name: str) -> None:
+    """``on_reachable(bool)`` hears whether the last call reached the server (the client's readiness)."""
+
+    def __init__(self, cfg: FederationConfig, name: str,
+                 on_reachable: Callable[[bool], None] | None = None) -> None:
         self.stopping = False
+        self.on_reachable = on_reachable or (lambda _reachable: None)
         self.cfg = cfg
         self.name = name
         self.metadata = call_metadata(read_token(cfg.security))
@@ -114,6 +118,7 @@ class Session:
             try:
                 result = call()
                 self.backoff.success()
+                self.on_reachable(True)
                 return result
             except (grpc.RpcError, ValueError) as err:  # ValueError: the channel was closed by stop()
                 if self.stopping:
@@ -125,6 +130,7 @@ class Session:
                     ) from None
                 if not isinstance(err, grpc.RpcError) or err.code() not in RETRYABLE:
                     raise
+                self.on_reachable(False)
                 self.backoff.wait(f"{what}: {err.code().name}")
 
     def join(self) -> Joined:

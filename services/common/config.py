@@ -9,6 +9,8 @@ A config comes from (lowest to highest precedence): the defaults below, a YAML f
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -204,6 +206,17 @@ class FederationConfig(_Strict):
     @property
     def num_shards(self) -> int:
         return self.data.num_shards or self.training.min_clients
+
+    @property
+    def run_id(self) -> str:
+        """The run this config trains: ``training.run_id`` when set, else ``run-`` and a hash of the
+        training, model and data sections (ports, TLS, the server's and clients' operational settings
+        are not part of it: changing them goes on with the same run)."""
+        if self.training.run_id:
+            return self.training.run_id
+        defining = {"training": self.training.model_dump(mode="json", exclude={"run_id"}),
+                    "model": self.model.model_dump(mode="json"), "data": self.data.model_dump(mode="json")}
+        return "run-" + hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
         """Deterministic YAML, loadable by :func:`load_config` (what the ConfigMap carries)."""

@@ -1,7 +1,10 @@
 """Container entrypoint: ``python -m services.server --config /etc/tff-k8s/federation.yaml``.
 
-Exit codes: 0 training finished (or stopped by SIGTERM/SIGINT, resumable), 2 bad config,
-1 anything else."""
+The plaintext health endpoint (``server.health_port``) starts first, before TensorFlow loads. When
+training has finished the server stays up in the finished state until it is stopped
+(``server.on_finish: serve``: a restarted server resumes into that state at once) or exits 0
+(``exit``). Exit codes: 0 training finished (or stopped by SIGTERM/SIGINT, resumable), 2 bad config
+or a checkpoint of this run written with other model settings, 1 anything else."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from contextlib import nullcontext
 
 from services.common.config import ConfigError, config_from_argv
 from services.common.cpus import limit_tf_threads
+from services.common.health import start_health
 from services.common.logs import setup
 
 log = logging.getLogger("services.server")
@@ -46,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error(str(exc))
         return 2
     stopping = []
+    server = None
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
@@ -53,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.stop()
 
-    server = None
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    health = start_health(cfg.server.host, cfg.server.health_port)
 
     # TensorFlow's oneDNN build allocates through a caching allocator that keeps what it freed: the
     # model-sized buffers of start-up and of each round's step would stay resident. The server's
@@ -65,21 +70,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_tf_threads()
     from services.common.tff_runtime import TffRuntime  # heavy: TensorFlow + TFF
     from services.server.app import FederationServer
+    from services.server.checkpoint import CheckpointError
 
     # Only the robust and dp aggregators run TFF computations; the mean path runs in-process.
     runtime = TffRuntime(cfg.server.tff_startup_timeout_s) if cfg.training.aggregator != "mean" else nullcontext()
-    with runtime:
-        server = FederationServer(cfg)
-        if stopping:
-            return 0
-        server.start()
-        try:
-            finished = server.run()
-            if finished:
-                server.coordinator.wait_all_told_done(DONE_LINGER_S)
-                log.info("training finished", extra={"fields": {"round": server.state.round}})
-        finally:
-            server.shutdown()
+    try:
+        with runtime:
+            try:
+                server = FederationServer(cfg, health)
+            except CheckpointError as exc:
+                log.error(str(exc))
+                return 2
+            if stopping:
+                return 0
+            server.start()
+            try:
+                if server.run():
+                    if cfg.server.on_finish == "serve":
+                        server.serve_finished()
+                    else:
+                        server.coordinator.wait_all_told_done(DONE_LINGER_S)
+                        log.info("training finished", extra={"fields": {"round": server.state.round}})
+            finally:
+                server.shutdown()
+    finally:
+        health.stop()
     return 0
 
 

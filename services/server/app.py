@@ -5,7 +5,10 @@ collect results until the deadline -> if at least ``min_results`` arrived, aggre
 (TFF) and hand the new state to the writer thread, which evaluates it on held-out data, checkpoints
 it atomically and then appends the round's line to ``metrics.jsonl`` while the next round runs;
 otherwise retry the round with a new sample (never half-applied). At the end: flush, export
-``model.keras``.
+``model.keras``, mark the run finished (``run.json``, the ``tff_k8s_training_finished`` gauge).
+
+The output directory holds one run (services/server/runs.py): a checkpoint of another run is never
+resumed; its files are moved under ``runs/`` and training starts afresh.
 """
 
 from __future__ import annotations
@@ -22,19 +25,20 @@ from typing import Any
 import grpc
 import numpy as np
 import tensorflow as tf
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from services.common.config import FederationConfig
 from services.common.data import load_digits_split
+from services.common.health import Health
 from services.common.logs import fields
 from services.common.task import Task, evaluate
 from services.common.tensors import as_tensor
 from services.common.tff_runtime import use_in_this_thread
 from services.common.transport import SERVER_OPTIONS, TokenAuthInterceptor, read_token, server_credentials
-from services.server import checkpoint
+from services.server import checkpoint, runs
 from services.server.algorithm import ServerAlgorithm, ServerState, as_model_weights, decode_result
 from services.server.coordinator import Coordinator, Result
-from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server
+from services.server.servicer import FederationServicer, add_to_server
 from services.server.telemetry import Telemetry, memory_mb
 
 log = logging.getLogger(__name__)
@@ -65,8 +69,12 @@ def weighted_train_metrics(results: dict[str, Result]) -> dict[str, float]:
 
 
 class FederationServer:
-    def __init__(self, cfg: FederationConfig) -> None:
+    """``health`` is the process's health endpoint (started before TensorFlow loaded): the server
+    reports ready on it from :meth:`start` until :meth:`shutdown`."""
+
+    def __init__(self, cfg: FederationConfig, health: Health) -> None:
         self.cfg = cfg
+        self.run_id = cfg.run_id
         self.out_dir = Path(cfg.server.output_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.stop_event = threading.Event()
@@ -102,7 +110,7 @@ class FederationServer:
             poll_s=POLL_S,
         )
         self.writer = checkpoint.Writer(self.out_dir)
-        self.health = health.HealthServicer()
+        self.health = health
         self.grpc_server: grpc.Server | None = None
         self.http_server: Any = None
 
@@ -110,13 +118,20 @@ class FederationServer:
     def _restore_or_init(self) -> tuple[ServerState, np.random.Generator, dict[str, int]]:
         rng = np.random.default_rng(self.cfg.training.seed)
         ckpt = checkpoint.load(self.out_dir)
+        if ckpt is not None and ckpt.header.get("run_id") != self.run_id:
+            runs.archive(self.out_dir, str(ckpt.header.get("run_id") or f"unnamed-{ckpt.header.get('fingerprint')}"))
+            ckpt = None
+        defining = self.cfg.model_dump(mode="json", include={"training", "model", "data"})
+        runs.begin(self.out_dir, self.run_id, defining)
+        log.info("run", extra=fields(run=self.run_id, resuming=ckpt is not None))
         if ckpt is None:
             return self.algorithm.initialize(), rng, {}
         header = ckpt.header
         if header.get("fingerprint") != config_fingerprint(self.cfg):
             raise checkpoint.CheckpointError(
-                f"{self.out_dir}/{checkpoint.CHECKPOINT_NAME} was written with other training settings; "
-                "point server.output_dir at an empty directory or restore the settings"
+                f"training.run_id {self.run_id!r}: {self.out_dir}/{checkpoint.CHECKPOINT_NAME} of this run was "
+                "written with other model settings (seed, aggregator, server optimizer, shards, partition or "
+                "model size); restore them, or unset training.run_id (or choose another) to start a new run"
             )
         state = self.algorithm.decode_state(int(header["round"]), ckpt.parts)
         rng.bit_generator.state = header["rng"]
@@ -158,6 +173,7 @@ class FederationServer:
             "rng": self.coordinator.rng.bit_generator.state,
             "assignments": self.coordinator.assignments(),
             "fingerprint": config_fingerprint(self.cfg),
+            "run_id": self.run_id,
         }
 
         def evaluated_checkpoint() -> checkpoint.Checkpoint:
@@ -188,7 +204,7 @@ class FederationServer:
             maximum_concurrent_rpcs=2 * GRPC_THREADS,
         )
         add_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         address = f"{s.host}:{s.port}"
         creds = server_credentials(self.cfg.security)
         bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
@@ -197,10 +213,10 @@ class FederationServer:
         server.start()
         self.grpc_server = server
         self.http_server = self.telemetry.serve(s.host, s.metrics_port)
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.health.ready(True)
         log.info("server listening", extra=fields(address=address, tls=self.cfg.security.tls, auth=bool(token),
-                                                  metrics_port=s.metrics_port, round=self.state.round))
+                                                  metrics_port=s.metrics_port, health_port=s.health_port,
+                                                  run=self.run_id, round=self.state.round))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -208,7 +224,7 @@ class FederationServer:
 
     def shutdown(self) -> None:
         self.writer.close()
-        self.health.enter_graceful_shutdown()
+        self.health.ready(False)
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=2).wait(5)
         if self.http_server is not None:
@@ -223,8 +239,18 @@ class FederationServer:
             self.writer.flush()  # every applied round durable (and in metrics.jsonl) before leaving
         if finished:
             self.export_model()
+            runs.finish(self.out_dir, self.state.round)
+            self.telemetry.training_finished()
             self.coordinator.finish()
         return finished
+
+    def serve_finished(self) -> None:
+        """The finished state (``server.on_finish: serve``): every client that asks is told DONE, health
+        stays SERVING and the metrics endpoint up, until :meth:`stop`."""
+        log.info("training finished: serving the finished state until stopped",
+                 extra=fields(run=self.run_id, round=self.state.round))
+        while not self.stop_event.wait(3600):
+            pass
 
     def _rounds(self) -> bool:
         training = self.cfg.training

@@ -1,5 +1,6 @@
-"""Prometheus text endpoint of the server (``server.metrics_port``): rounds completed, clients
-connected, round duration histogram, bytes in/out and results rejected by reason."""
+"""Prometheus text endpoint of the server (``server.metrics_port``): rounds completed, whether
+training has finished, clients connected, round duration histogram, bytes in/out and results
+rejected by reason."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Telemetry:
         self._connected = connected
         self.rounds_completed = 0
         self.rounds_retried = 0
+        self.finished = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.rejected: Counter[str] = Counter()
@@ -32,6 +34,10 @@ class Telemetry:
             self._duration_count += 1
             for i in range(bisect.bisect_left(BUCKETS, seconds), len(BUCKETS)):
                 self._buckets[i] += 1
+
+    def training_finished(self) -> None:
+        with self._lock:
+            self.finished = True
 
     def round_retried(self) -> None:
         with self._lock:
@@ -55,6 +61,9 @@ class Telemetry:
                 "# HELP tff_k8s_rounds_retried_total Rounds retried for lack of results.",
                 "# TYPE tff_k8s_rounds_retried_total counter",
                 f"tff_k8s_rounds_retried_total {self.rounds_retried}",
+                "# HELP tff_k8s_training_finished 1 once every round of the run is applied and the model exported.",
+                "# TYPE tff_k8s_training_finished gauge",
+                f"tff_k8s_training_finished {int(self.finished)}",
                 "# HELP tff_k8s_clients_connected Clients seen recently.",
                 "# TYPE tff_k8s_clients_connected gauge",
                 f"tff_k8s_clients_connected {self._connected()}",

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from infra_stacks import Declared
 
+from infra import layout
 from infra.manifests import pod_spec
 from services.common.config import FederationConfig, config_from_argv
 
@@ -18,7 +19,7 @@ def _parse(stack: Declared, workload: dict[str, Any], role: str, tmp_path: Path)
     spec = pod_spec(workload)
     assert spec is not None
     (container,) = spec["containers"]
-    assert container["command"][-3:] == ["python", "-m", f"services.{role}"]
+    assert container["command"][-3:] == [layout.PYTHON, "-m", f"services.{role}"]
     assert container["command"][0].endswith("tini"), "an init must reap TFF's worker_binary"
     args = list(container["args"])
     config_path = args[args.index("--config") + 1]
@@ -49,13 +50,19 @@ def test_server_container_starts_with_its_config(stack: Declared, tmp_path: Path
     assert cfg == stack.cfg.federation
     container = stack.container(stack.server_pod)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": cfg.server.port, "metrics": cfg.server.metrics_port}
-    assert container["readinessProbe"]["grpc"]["port"] == cfg.server.port
+    assert ports == {"grpc": cfg.server.port, "metrics": cfg.server.metrics_port, "health": cfg.server.health_port}
+    assert container["readinessProbe"]["grpc"]["port"] == cfg.server.health_port
     assert cfg.server.host == "0.0.0.0"
     mounts = _mounts(stack.server_pod)
     assert "persistentVolumeClaim" in mounts[cfg.server.output_dir]
     assert "emptyDir" in mounts["/tmp"]
     _check_security_mounts(cfg, mounts, role="server")
+
+
+def test_both_roles_run_one_image(stack: Declared) -> None:
+    server, client = stack.container(stack.server_pod), stack.container(stack.client_deployment)
+    assert server["image"] == client["image"] == stack.cfg.deployment.image.ref
+    assert server["command"][:-1] == client["command"][:-1], "only the module (the role) differs"
 
 
 def test_client_container_dials_the_service(stack: Declared, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from infra_stacks import Declared
 
 from infra.manifests import pod_labels, pod_spec
 from infra.quantity import byte_count, cpu_millis
+from services.common.health import LIVE, READY
 
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
@@ -69,15 +70,19 @@ def test_every_container_has_requests_limits_and_restricted_context(stack: Decla
             assert "/tmp" in mounts, "TensorFlow needs a writable /tmp on a read-only root"
 
 
-def test_probes_are_grpc_health_checks(stack: Declared) -> None:
+def test_probes_are_plaintext_grpc_health_checks(stack: Declared) -> None:
+    """The kubelet's gRPC prober cannot speak TLS: every probe targets the plaintext health port
+    (never the server's TLS port); readiness asks the ``ready`` service, the others the process."""
     fed = stack.cfg.federation
     for workload, port in (
-        (stack.server_pod, fed.server.port),
+        (stack.server_pod, fed.server.health_port),
         (stack.client_deployment, fed.client.health_port),
     ):
         c = stack.container(workload)
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": port}, (c["name"], probe)
+        assert port != fed.server.port
+        for probe, service in (("startupProbe", LIVE), ("readinessProbe", READY), ("livenessProbe", LIVE)):
+            assert c[probe]["grpc"] == {"port": port, "service": service}, (c["name"], probe)
+            assert c[probe]["timeoutSeconds"] > 1, "a throttled CPU answers slower than the 1 s default"
         startup = c["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= fed.server.tff_startup_timeout_s
 

@@ -146,15 +146,15 @@ def test_client_deployment(stack: Declared) -> None:
     assert spread[0]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
 
-def test_images_and_pull_policy(stack: Declared) -> None:
-    images = stack.cfg.deployment.images
+def test_image_and_pull_policy(stack: Declared) -> None:
+    image = stack.cfg.deployment.image
     server, client = stack.container(stack.server_pod), stack.container(stack.client_deployment)
-    assert (server["image"], client["image"]) == (images.server, images.client)
-    assert server["imagePullPolicy"] == client["imagePullPolicy"] == images.pull_policy
+    assert server["image"] == client["image"] == image.ref
+    assert server["imagePullPolicy"] == client["imagePullPolicy"] == image.pull_policy
     if stack.stack == "dev":
-        assert server["image"] == "tff-k8s-server:dev" and images.pull_policy == "IfNotPresent"
+        assert server["image"] == "tff-k8s:dev" and image.pull_policy == "IfNotPresent"
     else:
-        assert "@sha256:" in server["image"] and "@sha256:" in client["image"]
+        assert "@sha256:" in server["image"]
 
 
 def test_pod_disruption_budget_keeps_a_quorum(stack: Declared) -> None:
@@ -171,7 +171,8 @@ def test_stack_outputs(stack: Declared) -> None:
     assert out["namespace"] == d.namespace
     assert out["serverAddress"] == stack.cfg.server_address
     assert out["clientReplicas"] == d.clients.replicas
-    assert out["images"] == {"server": d.images.server, "client": d.images.client}
+    assert out["image"] == d.image.ref
+    assert out["runId"] == stack.cfg.federation.run_id
     assert out["logsCommand"].startswith("kubectl ") and f"pod/{d.server.name}" in out["logsCommand"]
     assert f"--namespace {d.namespace}" in out["logsCommand"] and "--follow" in out["logsCommand"]
 

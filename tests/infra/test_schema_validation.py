@@ -34,14 +34,8 @@ def _fails_before_any_resource(stack: str, **kwargs: object) -> str:
 CASES = [
     ("dev", DEPLOYMENT, "clients.replicas", 1, "deployment.clients.replicas"),
     ("prod", DEPLOYMENT, "clients.resources.limits.memory", "1Gi", "deployment.clients.resources"),
-    (
-        "prod",
-        DEPLOYMENT,
-        "images.server",
-        "ghcr.io/tff-k8s/tff-k8s-server:latest",
-        "deployment.images.server",
-    ),
-    ("prod", DEPLOYMENT, "images.client", "ghcr.io/tff-k8s/tff-k8s-client:0.1.0", "deployment.images.client"),
+    ("prod", DEPLOYMENT, "image.ref", "ghcr.io/tff-k8s/tff-k8s:latest", "deployment.image.ref"),
+    ("prod", DEPLOYMENT, "image.ref", "ghcr.io/tff-k8s/tff-k8s:0.1.0", "deployment.image.ref"),
     ("dev", DEPLOYMENT, "clients.replicaz", 3, "deployment.clients.replicaz"),
     ("dev", FEDERATION, "training.min_clients", 4, "deployment.clients.replicas"),
     ("prod", FEDERATION, "security.tls", False, "federation.security.tls"),

@@ -38,7 +38,7 @@ def test_dev_targets_kind_with_local_images() -> None:
     raw = stack_config("dev")
     cfg = parse(raw["tff-k8s:deployment"], raw["tff-k8s:federation"])
     assert cfg.deployment.kubernetes.context == "kind-tff-k8s"
-    assert cfg.deployment.images.pull_policy == "IfNotPresent"
+    assert cfg.deployment.image.pull_policy == "IfNotPresent"
     assert cfg.deployment.clients.replicas == 3
 
 
@@ -51,7 +51,7 @@ def test_prod_is_bigger_pinned_and_encrypted() -> None:
         prod_req, dev_req = (getattr(c.deployment, side).resources.requests for c in (prod, dev))
         assert cpu_millis(prod_req.cpu) > cpu_millis(dev_req.cpu)
         assert byte_count(prod_req.memory) > byte_count(dev_req.memory)
-    assert all(parse_image(i).digest for i in (prod.deployment.images.server, prod.deployment.images.client))
+    assert parse_image(prod.deployment.image.ref).digest
     assert prod.federation.security.tls and prod.federation.security.token_file
     assert prod.deployment.server.storage.storage_class
 
@@ -90,22 +90,19 @@ BAD_CASES = [
         "deployment.server.resources",
         "limits.memory",
     ),
-    ({"images": {"server": "ghcr.io/x/server:latest"}}, {}, "deployment.images.server", "latest"),
-    ({"images": {"client": "ghcr.io/x/client"}}, {}, "deployment.images.client", "neither tag nor digest"),
+    ({"image": {"ref": "ghcr.io/x/tff-k8s:latest"}}, {}, "deployment.image.ref", "latest"),
+    ({"image": {"ref": "ghcr.io/x/tff-k8s"}}, {}, "deployment.image.ref", "neither tag nor digest"),
+    ({"environment": "prod", "image": {"ref": "ghcr.io/x/tff-k8s:1.0"}}, {}, "deployment.image.ref", "digest"),
+    ({"images": {"server": f"ghcr.io/x/s@{DIGEST}"}}, {}, "deployment.images", "one image serves both roles"),
+    ({}, {"server": {"health_port": 50051}}, "federation.server", "must differ"),
     (
-        {"environment": "prod", "images": {"server": "ghcr.io/x/s:1.0", "client": f"ghcr.io/x/c@{DIGEST}"}},
-        {},
-        "deployment.images.server",
-        "digest",
-    ),
-    (
-        {"environment": "prod", "images": {"server": f"s@{DIGEST}", "client": f"c@{DIGEST}"}},
+        {"environment": "prod", "image": {"ref": f"s@{DIGEST}"}},
         {"security": {"tls": False}},
         "federation.security.tls",
         "prod requires TLS",
     ),
     (
-        {"environment": "prod", "images": {"server": f"s@{DIGEST}", "client": f"c@{DIGEST}"}},
+        {"environment": "prod", "image": {"ref": f"s@{DIGEST}"}},
         {"security": {"token_file": None}},
         "federation.security.token_file",
         "auth",
@@ -142,9 +139,9 @@ def test_bad_config_names_the_key(deployment: dict, federation: dict, key: str, 
 
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(StackConfigError) as err:
-        parse({"bogus": 1, "images": {"server": "x:latest"}}, {"client": {"server_address": "a:1"}})
+        parse({"bogus": 1, "image": {"ref": "x:latest"}}, {"client": {"server_address": "a:1"}})
     message = str(err.value)
-    for key in ("deployment.bogus", "deployment.images.server", "federation.client.server_address"):
+    for key in ("deployment.bogus", "deployment.image.ref", "federation.client.server_address"):
         assert f"{key}:" in message, message
 
 

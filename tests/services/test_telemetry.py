@@ -15,6 +15,7 @@ from services.server.telemetry import BUCKETS, Telemetry
 METRICS = {
     "tff_k8s_rounds_completed_total": "counter",
     "tff_k8s_rounds_retried_total": "counter",
+    "tff_k8s_training_finished": "gauge",
     "tff_k8s_clients_connected": "gauge",
     "tff_k8s_bytes_received_total": "counter",
     "tff_k8s_bytes_sent_total": "counter",
@@ -136,3 +137,10 @@ def test_http_endpoint_404s_elsewhere(server: tuple[Telemetry, str], path: str) 
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(base + path, timeout=5)
     assert info.value.code == 404
+
+
+def test_finished_gauge_turns_on_once_training_finishes() -> None:
+    telemetry = Telemetry()
+    assert samples(telemetry.render())[("tff_k8s_training_finished", None)] == 0
+    telemetry.training_finished()
+    assert samples(telemetry.render())[("tff_k8s_training_finished", None)] == 1
