@@ -6,7 +6,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 ARGS ?=
 
-.PHONY: demo test test-fast sync uv lint
+.PHONY: demo test test-fast e2e e2e-setup sync uv lint
 uv:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
@@ -21,6 +21,14 @@ test: sync
 
 test-fast: sync
 	$(RUN) pytest -m "not slow" $(ARGS)
+
+# The product in containers: the image from services/Dockerfile playing the rendered manifests with
+# podman (docs/kubernetes.md). e2e-setup installs podman, runc and debootstrap when missing (root).
+e2e-setup:
+	bash tests/containers/setup.sh
+
+e2e: sync e2e-setup
+	$(RUN) pytest -m e2e tests/containers $(ARGS)
 
 lint: sync
 	$(RUN) ruff check services infra policy tests bench
