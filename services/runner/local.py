@@ -1,7 +1,12 @@
 """``tff-k8s local``: one server and N client processes on loopback, started with the same
 entrypoints the containers use (``python -m services.server|client --config F``), with a live
 progress bar and per-round table. Writes metrics.jsonl, model.keras and a plot to --output-dir,
-and leaves no process behind."""
+and leaves no process behind.
+
+A process that crashes is restarted as its Pod would be (services.runner.restarts: backoff from
+1 s doubling to 30 s); a restarted server resumes from its checkpoint and the clients rejoin it.
+The summary says what was restarted and why. Exit codes: 0 training completed; 2 bad config (the
+runner's, or a service that exited 2); 1 anything else (a process crashed too often, a timeout)."""
 
 from __future__ import annotations
 
@@ -19,11 +24,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from services.common.config import ConfigError, FederationConfig, load_config, parse_set
 from services.runner.loopback import loopback_overrides
 from services.runner.plot import plot_rounds
-from services.runner.processes import Child, ProcessGroup
+from services.runner.processes import ProcessGroup
+from services.runner.restarts import FATAL_EXIT, RestartPolicy
+from services.runner.supervisor import Supervisor
 
 CONFIG_NAME = "federation.yaml"
 PLOT_NAME = "training.png"
 RUN_FILES = ("metrics.jsonl", "model.keras", "checkpoint.bin", PLOT_NAME, CONFIG_NAME)
+CLIENT_EXIT_S = 15.0  # after the server finished: how long clients get to exit on their own
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                    help="override any config key, e.g. --set training.local_epochs=2 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
     p.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds (default 1800)")
+    p.add_argument("--max-restarts", type=int, default=RestartPolicy.max_restarts, metavar="N",
+                   help="restarts of one crashed process within 10 min before giving up (default 5; 0: none)")
     return p
 
 
@@ -76,26 +86,32 @@ def _row(r: dict[str, Any]) -> tuple[str, ...]:
 
 
 class LocalRun:
-    def __init__(self, cfg: FederationConfig, clients: int, out_dir: Path, console: Console) -> None:
+    def __init__(self, cfg: FederationConfig, clients: int, out_dir: Path, console: Console,
+                 policy: RestartPolicy | None = None) -> None:
         self.cfg, self.clients, self.out_dir, self.console = cfg, clients, out_dir, console
+        self.policy = policy or RestartPolicy()
         self.config_path = out_dir / CONFIG_NAME
         self.metrics_path = out_dir / "metrics.jsonl"
 
-    def run(self, timeout: float) -> int:
-        self.config_path.write_text(self.cfg.to_yaml())
+    def commands(self) -> dict[str, list[str]]:
+        """Each process's command line, by name: the containers' entrypoints on this run's config."""
         base = [sys.executable, "-m"]
         conf = ["--config", str(self.config_path)]
-        address = {"SERVER_ADDRESS": self.cfg.client.server_address, "PYTHONUNBUFFERED": "1"}
-        with ProcessGroup(self.out_dir / "logs") as group:
-            server = group.start("server", [*base, "services.server", *conf], address)
-            clients = [
-                group.start(f"client-{i}", [*base, "services.client", *conf, "--set", f"client.name=local-client-{i}"],
-                            address)
-                for i in range(self.clients)
-            ]
-            return self._watch(server, clients, timeout)
+        commands = {"server": [*base, "services.server", *conf]}
+        for i in range(self.clients):
+            commands[f"client-{i}"] = [*base, "services.client", *conf, "--set", f"client.name=local-client-{i}"]
+        return commands
 
-    def _watch(self, server: Child, clients: list[Child], timeout: float) -> int:
+    def run(self, timeout: float) -> int:
+        self.config_path.write_text(self.cfg.to_yaml())
+        env = {"SERVER_ADDRESS": self.cfg.client.server_address, "PYTHONUNBUFFERED": "1"}
+        with ProcessGroup(self.out_dir / "logs") as group:
+            sup = Supervisor(group, self.policy)
+            for name, argv in self.commands().items():
+                sup.start(name, argv, env)
+            return self._watch(sup, timeout)
+
+    def _watch(self, sup: Supervisor, timeout: float) -> int:
         total = self.cfg.training.rounds
         shown = len(read_records(self.metrics_path))
         end = time.monotonic() + timeout
@@ -105,31 +121,52 @@ class LocalRun:
             header = "  ".join(f"{c:>10}" for c in ("round", "clients", "train loss", "eval loss", "eval acc", "seconds"))
             progress.console.print(header)
             while True:
+                notes = sup.poll()  # before reading the metrics: a server that exited 0 wrote them all
                 records = read_records(self.metrics_path)
                 for r in records[shown:]:
                     progress.console.print("  ".join(f"{v:>10}" for v in _row(r)))
+                for note in notes:
+                    progress.console.print(note, style="yellow", markup=False, highlight=False)
                 shown = len(records)
                 progress.update(bar, completed=shown, description=f"training ({self.clients} clients)")
-                failed = [c for c in [server, *clients] if c.returncode not in (None, 0)]
-                if failed:
-                    return self._fail(failed)
-                if server.returncode == 0 and all(c.returncode == 0 for c in clients):
+                if sup.gave_up:
+                    return self._fail(sup)
+                if sup.finished("server"):
                     break
                 if time.monotonic() > end:
                     self.console.print(f"[red]timed out after {timeout:.0f}s[/red]; logs in {self.out_dir / 'logs'}")
+                    self._restarts(sup)
                     return 1
                 time.sleep(0.5)
-        return self._finish(read_records(self.metrics_path))
+        self._wind_down(sup)
+        return self._finish(read_records(self.metrics_path), sup)
 
-    def _fail(self, failed: list[Child]) -> int:
-        for child in failed:
-            self.console.print(f"[red]{child.name} exited with {child.returncode}[/red] ({child.log_path}):")
+    def _wind_down(self, sup: Supervisor) -> None:
+        """Training is done: no more restarts. Clients the server told DONE exit by themselves; one
+        that was restarting missed it and is stopped with the group."""
+        sup.stop_restarting()
+        end = time.monotonic() + CLIENT_EXIT_S
+        while time.monotonic() < end:
+            sup.poll()
+            if not sup.running():
+                return
+            time.sleep(0.2)
+
+    def _fail(self, sup: Supervisor) -> int:
+        for child, decision in sup.gave_up:
+            self.console.print(f"[red]{child.name} {decision.why}: gave up, {decision.reason}[/red] ({child.log_path}):")
             self.console.print(child.log_tail(), markup=False, highlight=False)
-        return 1
+        self._restarts(sup)
+        return FATAL_EXIT if any(d.code == FATAL_EXIT for _, d in sup.gave_up) else 1
 
-    def _finish(self, records: list[dict[str, Any]]) -> int:
+    def _restarts(self, sup: Supervisor) -> None:
+        if summary := sup.summary():
+            self.console.print(summary, markup=False, highlight=False)
+
+    def _finish(self, records: list[dict[str, Any]], sup: Supervisor) -> int:
         if len(records) < self.cfg.training.rounds:
             self.console.print(f"[red]server stopped after {len(records)} of {self.cfg.training.rounds} rounds[/red]")
+            self._restarts(sup)
             return 1
         plot = plot_rounds(records, self.out_dir / PLOT_NAME)
         last = records[-1]
@@ -137,6 +174,7 @@ class LocalRun:
             f"[green]done[/green]: {len(records)} rounds, held-out accuracy {last['eval_accuracy']:.4f}\n"
             f"  metrics: {self.metrics_path}\n  model:   {self.out_dir / 'model.keras'}\n  plot:    {plot}"
         )
+        self._restarts(sup)
         return 0
 
 
@@ -144,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     console = Console()
     try:
+        if args.max_restarts < 0:
+            raise ConfigError("--max-restarts: must be >= 0")
         cfg = build_config(args)
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]", markup=False)
@@ -153,4 +193,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.resume:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    return LocalRun(cfg, args.clients, out, console).run(args.timeout)
+    policy = RestartPolicy(max_restarts=args.max_restarts)
+    return LocalRun(cfg, args.clients, out, console, policy).run(args.timeout)

@@ -1,6 +1,7 @@
 """Owning child processes: each starts in its own process group, and every group is stopped
-(SIGTERM, then SIGKILL) when the owner exits, even on an exception. Used by the local runner and
-by the multi-process tests."""
+(SIGTERM, then SIGKILL) when the owner exits, even on an exception. A child that ended can be
+started again under the same name (``restart``), appending to the same log. Used by the local
+runner (services.runner.supervisor decides when to restart) and by the multi-process tests."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class Child:
     process: subprocess.Popen[bytes]
     log_path: Path
     log: IO[bytes] = field(repr=False)
+    argv: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # what start() added to os.environ
 
     @property
     def returncode(self) -> int | None:
@@ -54,9 +57,19 @@ class ProcessGroup:
             list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, start_new_session=True,
         )
-        child = Child(name, proc, log_path, log)
+        child = Child(name, proc, log_path, log, tuple(argv), dict(env or {}))
         self.children.append(child)
         return child
+
+    def restart(self, child: Child, note: str = "") -> Child:
+        """Stop ``child`` (at once, with its process group) and start the same command again under
+        the same name; the new child takes its place. ``note`` goes into the log between the runs."""
+        self.stop(child, timeout=0)
+        self.children.remove(child)
+        if note:
+            with open(child.log_path, "ab") as log:
+                log.write(f"--- {note} ---\n".encode())
+        return self.start(child.name, child.argv, child.env)
 
     def stop(self, child: Child, timeout: float = 10.0) -> int:
         if child.returncode is None:
