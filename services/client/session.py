@@ -90,7 +90,7 @@ class Session:
         self.cfg = cfg
         self.name = name
         self.metadata = call_metadata(read_token(cfg.security))
-        self.channel = channel(cfg.client.server_address, cfg.security)
+        self.channel = channel(cfg.client.server_address, cfg.security, cfg.client.reconnect_max_s)
         self.stub = pb_grpc.FederationStub(self.channel)
         # The streaming calls carry data chunks framed by hand (services.common.chunking): the same
         # protobuf on the wire, one copy fewer on each side.

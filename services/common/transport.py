@@ -62,16 +62,21 @@ def server_credentials(sec: SecuritySettings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=sec.mutual_tls)
 
 
-def channel(address: str, sec: SecuritySettings) -> grpc.Channel:
+def channel(address: str, sec: SecuritySettings, reconnect_max_s: float = 10.0) -> grpc.Channel:
+    """``reconnect_max_s`` caps gRPC's own reconnect backoff too (its default cap is 120 s): a client
+    would otherwise reach a restarted server long after it is back, whatever its retry loop does."""
+    cap_ms = max(100, int(reconnect_max_s * 1000))
+    options = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", min(1000, cap_ms)),
+               ("grpc.min_reconnect_backoff_ms", min(1000, cap_ms)), ("grpc.max_reconnect_backoff_ms", cap_ms)]
     if not sec.tls:
-        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.insecure_channel(address, options=options)
     ca = _read(sec.ca_file, "CA certificate", "security.ca_file")
     key = cert = None
     if sec.mutual_tls:
         key = _read(sec.key_file, "client key", "security.key_file")
         cert = _read(sec.cert_file, "client certificate", "security.cert_file")
     creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    return grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, creds, options=options)
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -194,4 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     policy = RestartPolicy(max_restarts=args.max_restarts)
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        raise SystemExit(143)  # unwinds through the ProcessGroup, which stops every child
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     return LocalRun(cfg, args.clients, out, console, policy).run(args.timeout)

@@ -361,3 +361,33 @@ def test_mutual_tls(pki: dict[str, Path]) -> None:
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         running.server.stop(grace=None)
+
+
+@pytest.mark.slow
+def test_a_channel_reaches_a_server_that_came_back_within_the_reconnect_cap() -> None:
+    """gRPC's own reconnect backoff grows to 120 s by default: after ~10 s without a server, a
+    channel would wait seconds more before noticing it is back. ``channel`` caps it."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cap_s = 0.5
+    ch = channel(f"127.0.0.1:{port}", SecuritySettings(tls=False), reconnect_max_s=cap_s)
+    try:
+        ch.subscribe(lambda _state: None, try_to_connect=True)
+        time.sleep(10)  # several failed connection attempts: the default backoff would be at ~6 s now
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        back = time.monotonic()
+        try:
+            grpc.channel_ready_future(ch).result(timeout=30)
+            assert time.monotonic() - back < 4 * cap_s + 1.0
+        finally:
+            server.stop(None)
+    finally:
+        ch.close()
