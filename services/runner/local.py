@@ -31,7 +31,9 @@ from services.runner.supervisor import Supervisor
 
 CONFIG_NAME = "federation.yaml"
 PLOT_NAME = "training.png"
-RUN_FILES = ("metrics.jsonl", "model.keras", "checkpoint.bin", PLOT_NAME, CONFIG_NAME)
+RUN_FILES = ("metrics.jsonl", "model.keras", "checkpoint.bin", "run.json", PLOT_NAME, CONFIG_NAME)
+# Local runs share one name, so --resume continues (and may extend) whatever ran in --output-dir.
+LOCAL_RUN_ID = "local"
 CLIENT_EXIT_S = 15.0  # after the server finished: how long clients get to exit on their own
 
 
@@ -64,6 +66,7 @@ def build_config(args: argparse.Namespace) -> FederationConfig:
         "training.clients_per_round": args.clients,
         "data.num_shards": args.clients,
         **loopback_overrides(args.output_dir.resolve()),
+        "training.run_id": LOCAL_RUN_ID,
     }
     for flag, key in (("partition", "data.partition"), ("alpha", "data.dirichlet_alpha"),
                       ("aggregator", "training.aggregator")):

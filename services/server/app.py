@@ -122,7 +122,7 @@ class FederationServer:
             runs.archive(self.out_dir, str(ckpt.header.get("run_id") or f"unnamed-{ckpt.header.get('fingerprint')}"))
             ckpt = None
         defining = self.cfg.model_dump(mode="json", include={"training", "model", "data"})
-        runs.begin(self.out_dir, self.run_id, defining)
+        runs.begin(self.out_dir, self.run_id, defining, resuming=ckpt is not None)
         log.info("run", extra=fields(run=self.run_id, resuming=ckpt is not None))
         if ckpt is None:
             return self.algorithm.initialize(), rng, {}

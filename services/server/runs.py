@@ -56,10 +56,11 @@ def archive(out_dir: Path, run_id: str) -> Path:
     return dest
 
 
-def begin(out_dir: Path, run_id: str, identity: dict[str, Any]) -> None:
-    """Record that ``out_dir`` now holds run ``run_id`` (kept as is when resuming it)."""
+def begin(out_dir: Path, run_id: str, identity: dict[str, Any], *, resuming: bool) -> None:
+    """Record that ``out_dir`` now holds run ``run_id``: a new record unless ``resuming`` it (a run
+    with no checkpoint yet starts over, whatever an earlier record says)."""
     current = read_run(out_dir)
-    if current is None or current.get("run_id") != run_id:
+    if not resuming or current is None or current.get("run_id") != run_id:
         write_json(out_dir / RUN_FILE, {"run_id": run_id, "started_at": time.time(), "finished": False, **identity})
 
 

@@ -48,6 +48,10 @@ TRANSFORMS = {
     "container ports": "the containers' `ports` lists are dropped: podman 4.3 publishes every containerPort "
     "on the host (a cluster publishes none), so three client replicas would clash on one host port; the "
     "test reaches each Pod at its own address instead",
+    "own scratch volumes": "podman 4.3 backs every emptyDir with one named volume per volume name, shared "
+    "by every pod that names it (and ignores sizeLimit and medium): each pod's emptyDir is renamed after "
+    "the pod, and a Deployment of N replicas is played as N one-replica Deployments, so every pod gets "
+    "its own /tmp as on a cluster",
     "checkpoint claim": "the server's PersistentVolumeClaim is a directory the test owns (hostPath), so "
     "the test reads metrics.jsonl and the model where the server wrote them",
     "not played": "Namespace, Service, NetworkPolicy, ResourceQuota, LimitRange, ServiceAccount and "
@@ -152,12 +156,31 @@ def for_podman(manifests: list[dict[str, Any]], *, image: str, files: PodmanFile
         spec["volumes"] = volumes
         if m["kind"] == "Deployment":
             spec["hostAliases"] = [{"ip": server_ip, "hostnames": [server_service]}]
-        out.append(m)
+            replicas = int(m["spec"].get("replicas", 1))
+            for i in range(replicas):
+                one = copy.deepcopy(m)
+                one["metadata"]["name"] = f"{m['metadata']['name']}-{i}"
+                one["spec"]["replicas"] = 1
+                out.append(_own_scratch(one))
+        else:
+            out.append(_own_scratch(m))
     names = [m["metadata"]["name"] for m in out]
     if server_pod not in names:
         raise ValueError(f"no Pod {server_pod!r} among {names}")
     out.sort(key=lambda m: m["metadata"]["name"] != server_pod)  # the server first: it takes the fixed IP
     return out
+
+
+def _own_scratch(m: dict[str, Any]) -> dict[str, Any]:
+    """Rename the emptyDir volumes of ``m``'s pod after it (see TRANSFORMS: own scratch volumes)."""
+    spec = _pod_spec(m)
+    renamed = {v["name"]: f"{m['metadata']['name']}-{v['name']}" for v in spec["volumes"] if "emptyDir" in v}
+    for volume in spec["volumes"]:
+        volume["name"] = renamed.get(volume["name"], volume["name"])
+    for container in spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            mount["name"] = renamed.get(mount["name"], mount["name"])
+    return m
 
 
 # ---- playing --------------------------------------------------------------------------------------
@@ -190,20 +213,18 @@ class Play:
         run(["podman", "network", "rm", "-f", self.network], timeout=60, check=False)
 
     def containers(self) -> list[Container]:
-        """The workload containers (not the pods' infra containers) of this play."""
-        listed = run(["podman", "ps", "-a", "--filter", f"network={self.network}", "--format", "json"]).stdout
+        """The workload containers (not the pods' infra containers) of this play's pods."""
         out = []
-        for entry in json.loads(listed or "[]"):
-            if entry.get("IsInfra"):
+        for pod in json.loads(run(["podman", "pod", "ps", "--format", "json"]).stdout or "[]"):
+            if self.network not in (pod.get("Networks") or []):
                 continue
-            (inspected,) = json.loads(run(["podman", "inspect", entry["Id"]]).stdout)
-            pod_name = entry.get("PodName", "")
-            ip = ""
-            for net in (inspected.get("NetworkSettings", {}).get("Networks") or {}).values():
-                ip = net.get("IPAddress", "") or ip
-            if not ip:  # a pod's containers share its infra container's network
-                ip = _pod_ip(pod_name)
-            out.append(Container(inspected["Name"], pod_name, ip, inspected["State"], int(inspected.get("RestartCount", 0))))
+            ip = _address(pod["InfraId"], self.network)  # a pod's containers share its infra's network
+            for member in pod.get("Containers") or []:
+                if member["Id"] == pod["InfraId"]:
+                    continue
+                (inspected,) = json.loads(run(["podman", "inspect", member["Id"]]).stdout)
+                out.append(Container(inspected["Name"], pod["Name"], ip, inspected["State"],
+                                     int(inspected.get("RestartCount", 0))))
         return sorted(out, key=lambda c: c.name)
 
     def container(self, pod_prefix: str) -> list[Container]:
@@ -217,16 +238,9 @@ class Play:
         run(["podman", "kill", "--signal", "KILL", container])
 
 
-def _pod_ip(pod: str) -> str:
-    (inspected,) = json.loads(run(["podman", "pod", "inspect", pod]).stdout or "[{}]") or [{}]
-    infra = inspected.get("InfraContainerID")
-    if not infra:
-        return ""
-    (container,) = json.loads(run(["podman", "inspect", infra]).stdout)
-    for net in (container.get("NetworkSettings", {}).get("Networks") or {}).values():
-        if net.get("IPAddress"):
-            return str(net["IPAddress"])
-    return ""
+def _address(container: str, network: str) -> str:
+    (inspected,) = json.loads(run(["podman", "inspect", container]).stdout)
+    return str(inspected["NetworkSettings"]["Networks"][network]["IPAddress"])
 
 
 def free_subnet() -> ipaddress.IPv4Network:

@@ -55,11 +55,13 @@ def test_archive_moves_every_file_of_the_current_run(tmp_path: Path) -> None:
 
 
 def test_begin_and_finish_record_the_run(tmp_path: Path) -> None:
-    runs.begin(tmp_path, "run-a", {"training": {"rounds": 2}})
+    runs.begin(tmp_path, "run-a", {"training": {"rounds": 2}}, resuming=False)
     started = runs.read_run(tmp_path)
     assert started is not None and started["run_id"] == "run-a" and started["finished"] is False
-    runs.begin(tmp_path, "run-a", {"training": {"rounds": 2}})
+    runs.begin(tmp_path, "run-a", {"training": {"rounds": 2}}, resuming=True)
     assert runs.read_run(tmp_path) == started, "resuming the same run keeps its record"
     runs.finish(tmp_path, 2)
     done = json.loads((tmp_path / runs.RUN_FILE).read_text())
     assert done["finished"] is True and done["rounds"] == 2 and done["started_at"] == started["started_at"]
+    runs.begin(tmp_path, "run-a", {"training": {"rounds": 2}}, resuming=False)
+    assert runs.read_run(tmp_path)["finished"] is False, "a run without a checkpoint starts over"
