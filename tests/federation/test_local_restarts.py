@@ -21,22 +21,12 @@ from pathlib import Path
 import pytest
 from federation_harness import ROOT, processes_mentioning
 from rich.console import Console
+from support.clock import FakeClock
 
 from services.runner.local import LocalRun, build_config, parser, read_records
 from services.runner.processes import Child, ProcessGroup
 from services.runner.restarts import Action, ChildRestarts, RestartPolicy, describe_exit
 from services.runner.supervisor import Supervisor
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # ---- the policy, on a fake clock -----------------------------------------------------------------

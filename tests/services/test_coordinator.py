@@ -13,22 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.clock import FakeClock
 
 from services.server import coordinator as coordinator_module
 from services.server.coordinator import Coordinator, Reject, Result, RoundTask, TaskKind
 
 PAYLOAD = b"global model"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make(*, min_clients: int = 2, per_round: int = 2, deadline: float = 30.0, shards: int = 2, seed: int = 0,
