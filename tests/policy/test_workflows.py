@@ -48,6 +48,17 @@ def make_targets() -> dict[str, list[str]]:
     return targets
 
 
+def make_variable(name: str) -> str:
+    """A simple (``:=``/``?=``/``=``) variable of infra/k8s.mk, e.g. ``KIND_MIN_VERSION``."""
+    match = re.search(rf"^{name}\s*[:?]?=\s*(\S+)\s*$", (REPO_ROOT / "infra" / "k8s.mk").read_text(), re.M)
+    assert match, f"infra/k8s.mk sets no {name}"
+    return match[1]
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.removeprefix("v").split("."))
+
+
 def stacks() -> set[str]:
     return {p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in REPO_ROOT.glob("Pulumi.*.yaml")}
 
@@ -192,7 +203,7 @@ def workflow_problems(workflow: dict[str, Any], text: str) -> list[str]:
 # --- the repository's workflows --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ci.yml", "preview.yml", "up.yml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.y*ml")))
 def test_workflows_run_only_what_the_repository_has(name: str) -> None:
     text = (WORKFLOWS / name).read_text()
     assert workflow_problems(yaml.safe_load(text), text) == []
@@ -213,6 +224,26 @@ def test_ci_runs_lint_types_and_the_readme_test_command_on_python_311() -> None:
     )
     mypy = [w for w in runs if "mypy" in w]
     assert mypy and {"services", "infra", "policy"} <= set(mypy[0])
+
+
+def test_kind_is_pinned_to_a_release_whose_network_policies_let_probes_through() -> None:
+    """kind < 0.28 drops the kubelet's probes under a default-deny policy (kind#3875): every workflow
+    that installs kind pins its version, at or above the minimum infra/k8s.mk enforces for users."""
+    minimum = version(make_variable("KIND_MIN_VERSION"))
+    assert minimum >= (0, 28, 0)
+    installs = [
+        (name, step.get("with") or {})
+        for path in sorted(WORKFLOWS.glob("*.y*ml"))
+        for name, step in steps(load(path.name))
+        if step.get("uses", "").startswith("helm/kind-action@")
+    ]
+    assert installs, "no workflow installs kind"
+    for job, inputs in installs:
+        assert "version" in inputs, f"{job}: helm/kind-action without `version:` installs its own default"
+        assert version(str(inputs["version"])) >= minimum, (job, inputs["version"])
+        assert str(inputs.get("kubectl_version", "")).startswith("v1."), f"{job}: pin kubectl with kind"
+    docs = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    assert f"kind](https://kind.sigs.k8s.io/) >= {make_variable('KIND_MIN_VERSION')}" in docs
 
 
 def test_preview_runs_the_policy_pack_on_pull_requests_for_every_stack() -> None:
