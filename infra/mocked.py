@@ -145,11 +145,13 @@ def run_program(
     root: Path = REPO_ROOT,
     program: Callable[[], None] | None = None,
     check: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> MockedRun:
     """Run the program for ``stack`` with its committed ``Pulumi.<stack>.yaml``.
 
     ``overrides`` replace whole config keys (``{"tff-k8s:deployment": {...}}``; None removes one);
-    ``secrets`` are the stack secrets (default: a placeholder for each). With ``check`` an error the
+    ``secrets`` are the stack secrets (default: a placeholder for each); ``environ`` is the environment
+    the program reads (default: empty, whatever the calling shell has set). With ``check`` an error the
     program raises is re-raised; otherwise it is returned in ``MockedRun.error`` with what was
     declared before it.
     """
@@ -162,10 +164,13 @@ def run_program(
         from pulumi.runtime import settings
         from pulumi.runtime.stack import run_pulumi_func
 
+        from infra.stack_inputs import ENVIRON
+
         if program is None:
             from infra.program import main as entry
         else:
             entry = program
+        ENVIRON.set(dict(environ or {}))  # this thread's own context: no other run sees it
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:

@@ -95,3 +95,54 @@ def test_kind_up_creates_the_cluster_with_a_fixed_kind(make: Callable[..., Make]
     assert result.returncode == 0, result.stderr
     (create,) = result.called("kind create cluster")
     assert "--name tff-k8s --config infra/kind-cluster.yaml" in create
+
+
+ID_A, ID_B = "a1" * 32, "b2" * 32
+
+
+def test_images_builds_the_one_image_and_tags_it_by_content(make: Callable[..., Make]) -> None:
+    result = make("images", image_id=ID_A)
+    assert result.returncode == 0, result.stderr
+    (build,) = result.called("docker build")
+    assert "-f services/Dockerfile" in build and (REPO_ROOT / "services" / "Dockerfile").is_file()
+    assert "-t tff-k8s:dev" in build
+    (tag,) = result.called("docker tag")
+    assert tag.startswith(f"docker tag sha256:{ID_A} tff-k8s:{ID_A[:12]} ")
+
+
+def test_up_dev_deploys_the_image_just_built_so_a_rebuild_rolls_the_pods(make: Callable[..., Make]) -> None:
+    """With one fixed tag and IfNotPresent, a rebuilt image never reached the Pods (their spec did not
+    change); the content tag changes with the image, and up-dev hands it to the program."""
+    refs = []
+    for image_id in (ID_A, ID_B):
+        result = make("images", "up-dev", image_id=image_id)
+        assert result.returncode == 0, result.stderr
+        (up,) = result.called("pulumi up")
+        assert "--stack dev" in up
+        refs.append(up.rpartition("TFF_K8S_IMAGE_REF=")[2])
+    assert refs == [f"tff-k8s:{ID_A[:12]}", f"tff-k8s:{ID_B[:12]}"]
+
+
+def test_preview_dev_shows_the_built_image(make: Callable[..., Make]) -> None:
+    result = make("images", "preview-dev", image_id=ID_A)
+    assert result.returncode == 0, result.stderr
+    assert result.called("pulumi preview")[0].endswith(f"TFF_K8S_IMAGE_REF=tff-k8s:{ID_A[:12]}")
+
+
+def test_kind_load_copies_the_image_to_the_worker_nodes_only(make: Callable[..., Make]) -> None:
+    """The Pods run on the workers (kind taints a multi-node cluster's control plane NoSchedule)."""
+    result = make("images", "kind-load", image_id=ID_A)
+    assert result.returncode == 0, result.stderr
+    (load,) = result.called("kind load")
+    assert load.split(" | ")[0] == (
+        f"kind load docker-image --name tff-k8s --nodes tff-k8s-worker,tff-k8s-worker2 "
+        f"tff-k8s:{ID_A[:12]} tff-k8s:dev"
+    )
+
+
+@pytest.mark.parametrize("target", ["kind-load", "up-dev", "image-ref"])
+def test_targets_that_need_the_image_say_to_build_it(make: Callable[..., Make], target: str) -> None:
+    result = make(target)
+    assert result.returncode != 0
+    assert "run make images" in result.stderr
+    assert not result.called("kind load") and not result.called("pulumi up")

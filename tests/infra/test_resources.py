@@ -8,8 +8,10 @@ import sys
 
 from infra_stacks import Declared
 
-from infra.mocked import REPO_ROOT, run_program
+from infra.mocked import REPO_ROOT, MockedRun, run_program
 from infra.quantity import byte_count
+from infra.stack_config import StackConfigError
+from infra.stack_inputs import IMAGE_REF_ENV
 
 EXPECTED_KINDS = {
     "Namespace": 1,
@@ -155,6 +157,36 @@ def test_image_and_pull_policy(stack: Declared) -> None:
         assert server["image"] == "tff-k8s:dev" and image.pull_policy == "IfNotPresent"
     else:
         assert "@sha256:" in server["image"]
+
+
+def _images(run: MockedRun) -> tuple[str, str]:
+    pod = run.one("kubernetes:core/v1:Pod").inputs["spec"]["containers"][0]["image"]
+    dep = run.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+    return pod, dep
+
+
+def test_a_rebuilt_dev_image_changes_both_pod_specs() -> None:
+    """`make up-dev` passes the content tag of the image it built (TFF_K8S_IMAGE_REF): a rebuild is a
+    new reference in the server Pod and the client template, so Pulumi rolls both."""
+    first = run_program("dev", environ={IMAGE_REF_ENV: "tff-k8s:a1a1a1a1a1a1"})
+    second = run_program("dev", environ={IMAGE_REF_ENV: "tff-k8s:b2b2b2b2b2b2"})
+    assert _images(first) == ("tff-k8s:a1a1a1a1a1a1",) * 2
+    assert _images(second) == ("tff-k8s:b2b2b2b2b2b2",) * 2
+    assert second.outputs["image"] == "tff-k8s:b2b2b2b2b2b2"
+    assert _images(run_program("dev")) == ("tff-k8s:dev",) * 2, "no variable: the stack file's reference"
+
+
+def test_the_image_override_is_for_dev_stacks_only() -> None:
+    run = run_program("prod", environ={IMAGE_REF_ENV: f"ghcr.io/x/tff-k8s@sha256:{'c' * 64}"}, check=False)
+    assert isinstance(run.error, StackConfigError)
+    assert f"{IMAGE_REF_ENV}: overrides deployment.image.ref on dev stacks only" in str(run.error)
+    assert not [r for r in run.resources if r.type.startswith("kubernetes:")]
+
+
+def test_a_bad_image_override_is_named() -> None:
+    run = run_program("dev", environ={IMAGE_REF_ENV: "tff-k8s:latest"}, check=False)
+    message = str(run.error)
+    assert "deployment.image.ref:" in message and "latest" in message and IMAGE_REF_ENV in message
 
 
 def test_pod_disruption_budget_keeps_a_quorum(stack: Declared) -> None:

@@ -258,18 +258,37 @@ def test_preview_runs_the_policy_pack_on_pull_requests_for_every_stack() -> None
     assert preview["permissions"]["pull-requests"] == "write"
 
 
-def test_preview_dev_builds_and_loads_images_into_a_kind_cluster_first() -> None:
-    preview = load("preview.yml")
+def _dev_flow(workflow: dict[str, Any]) -> list[str]:
+    """The dev job's make targets and kind/pulumi actions, in the order they run."""
     order = []
-    for job, step in steps(preview):
+    for job, step in steps(workflow):
         if job != "dev":
             continue
         if "run" in step:
             order += [t for w in commands(step["run"]) if w[0] == "make" for t in w[1:]]
+            order += ["$GITHUB_ENV"] if "$GITHUB_ENV" in step["run"] else []
         if step.get("uses", "").startswith(("helm/kind-action@", "pulumi/actions@")):
             order.append(step["uses"].split("@")[0])
+    return order
+
+
+def test_preview_dev_creates_a_kind_cluster_but_builds_and_loads_no_image() -> None:
+    """A preview starts no Pods: building the 2.4 GB image and loading it into kind would be wasted."""
+    order = _dev_flow(load("preview.yml"))
+    assert order.index("helm/kind-action") < order.index("kind-up") < order.index("pulumi/actions")
+    assert "images" not in order and "kind-load" not in order
+
+
+def test_up_dev_deploys_the_image_it_built_by_its_content_tag() -> None:
+    """up.yml runs the Pods: it builds the image, loads it, and hands its content tag to the program."""
+    up = load("up.yml")
+    order = _dev_flow(up)
     assert order.index("helm/kind-action") < order.index("kind-up") < order.index("images")
-    assert order.index("images") < order.index("kind-load") < order.index("pulumi/actions")
+    assert order.index("images") < order.index("kind-load") < order.index("$GITHUB_ENV")
+    assert order.index("$GITHUB_ENV") < order.index("pulumi/actions")
+    (export,) = [s["run"] for job, s in steps(up) if job == "dev" and "$GITHUB_ENV" in s.get("run", "")]
+    assert export.strip() == 'echo "TFF_K8S_IMAGE_REF=$(make -s image-ref)" >> "$GITHUB_ENV"'
+    assert "image-ref" in make_targets()
 
 
 def test_preview_prod_needs_credentials_and_is_skipped_without_them() -> None:
