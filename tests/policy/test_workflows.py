@@ -316,6 +316,45 @@ def test_up_is_manual_and_offers_exactly_the_committed_stacks() -> None:
     assert commands_run == ["up", "up"]
 
 
+def test_publish_builds_the_one_image_once_pushes_it_to_ghcr_and_proposes_its_digest() -> None:
+    """prod's image: one build of services/Dockerfile, pushed to this repository's registry, and its
+    digest written into Pulumi.prod.yaml by a pull request (a reviewed change), never deployed from here."""
+    text = (WORKFLOWS / "publish.yml").read_text()
+    publish = yaml.safe_load(text)
+    on = triggers(publish)
+    assert set(on) <= {"push", "workflow_dispatch"} and on["push"]["tags"], "publishes releases, not PRs"
+    builds = [(job, s["with"]) for job, s in steps(publish) if s.get("uses", "").startswith("docker/build-push-action@")]
+    assert len(builds) == 1, "one image serves both roles: build it once"
+    job, build = builds[0]
+    assert build["file"] == "services/Dockerfile" and (REPO_ROOT / build["file"]).is_file()
+    assert build["context"] == "." and build["push"] is True
+    assert "docker build" not in text and "pulumi/actions" not in text, "no other build, no deploy"
+    name_step = next(s for j, s in steps(publish) if j == job and s.get("id") == "name")
+    assert 'IMAGE="ghcr.io/${GITHUB_REPOSITORY,,}"' in name_step["run"], "this repository's registry"
+    assert build["tags"].startswith("${{ steps.name.outputs.image }}:")
+    login = next(s["with"] for j, s in steps(publish) if s.get("uses", "").startswith("docker/login-action@"))
+    assert login["registry"] == "ghcr.io" and login["password"] == "${{ secrets.GITHUB_TOKEN }}"
+    # the digest the build pushed is what the pull request pins
+    pushed = next(s for j, s in steps(publish) if j == job and s.get("id") == "pushed")
+    assert pushed["env"]["REF"].endswith("@${{ steps.build.outputs.digest }}")
+    assert publish["jobs"][job]["outputs"]["ref"] == "${{ steps.pushed.outputs.ref }}"
+    (propose,) = [j for j, spec in publish["jobs"].items() if spec.get("needs") == job]
+    pin = next(s for j, s in steps(publish) if j == propose and "infra.pin_image" in s.get("run", ""))
+    assert pin["env"]["REF"] == f"${{{{ needs.{job}.outputs.ref }}}}"
+    assert ["python", "-m", "infra.pin_image", "--stack", "prod", "--ref", "$REF"] == _uv_run(
+        next(commands(pin["run"]))
+    )[-7:]
+    pr = next(
+        s["with"] for j, s in steps(publish) if j == propose and s.get("uses", "").startswith("peter-evans/")
+    )
+    assert pr["add-paths"] == "Pulumi.prod.yaml"
+    assert pr["base"] == "${{ github.event.repository.default_branch }}"
+    # least privilege: read-only by default; each job gets only what it writes
+    assert publish["permissions"] == {"contents": "read"}
+    assert publish["jobs"][job]["permissions"] == {"contents": "read", "packages": "write"}
+    assert publish["jobs"][propose]["permissions"] == {"contents": "write", "pull-requests": "write"}
+
+
 # --- the checker catches what it should ------------------------------------------------------------
 
 GOOD_STEP = {"uses": "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683"}
