@@ -86,6 +86,7 @@ class FederationClients(pulumi.ComponentResource):
                         service_account=account.metadata.name,
                         uid=d.run_as_user,
                         volumes=volumes,
+                        pull_secrets=d.image.pull_secrets,
                         topology_spread_constraints=[spread],
                     ),
                 ),

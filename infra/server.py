@@ -80,6 +80,7 @@ class FederationServer(pulumi.ComponentResource):
                 service_account=account.metadata.name,
                 uid=d.run_as_user,
                 volumes=volumes,
+                pull_secrets=d.image.pull_secrets,
                 restart_policy="Always",
             ),
             # The Pod has a fixed name (it is an address in logs and docs): replace it by delete-then-create.

@@ -48,6 +48,17 @@ def _dns_label(value: str) -> str:
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 
 
+def _dns_subdomain(value: str) -> str:
+    if len(value) > 253 or not all(_DNS_LABEL.match(part) for part in value.split(".")):
+        raise ValueError(
+            f"{value!r} must be a DNS-1123 subdomain (lowercase letters, digits, '-', '.'; <= 253 chars)"
+        )
+    return value
+
+
+DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
+
+
 class Compute(_Strict):
     cpu: str = Field(description="CPU quantity, e.g. 500m or 2.")
     memory: str = Field(description="Memory quantity, e.g. 512Mi or 4Gi.")
@@ -102,11 +113,23 @@ class Image(_Strict):
         "a tag or digest, never latest.",
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    pull_secrets: tuple[DnsSubdomain, ...] = Field(
+        default=(),
+        description="Secrets (type kubernetes.io/dockerconfigjson, in the federation's namespace, created "
+        "outside this program) the kubelet pulls the image with: imagePullSecrets of both Pod specs.",
+    )
 
     @field_validator("ref")
     @classmethod
     def _pinned(cls, v: str) -> str:
         return check_image(v, require_digest=False)
+
+    @field_validator("pull_secrets")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if repeated := sorted({name for name in v if v.count(name) > 1}):
+            raise ValueError(f"{repeated} listed more than once")
+        return v
 
 
 class Storage(_Strict):

@@ -6,9 +6,12 @@ import runpy
 import subprocess
 import sys
 
+import kubernetes_validate
 from infra_stacks import Declared
+from kubernetes_validate import utils
 
-from infra.mocked import REPO_ROOT, MockedRun, run_program
+from infra.manifests import pod_spec, to_manifest
+from infra.mocked import REPO_ROOT, MockedRun, run_program, stack_config
 from infra.quantity import byte_count
 from infra.stack_config import StackConfigError
 from infra.stack_inputs import IMAGE_REF_ENV
@@ -187,6 +190,25 @@ def test_a_bad_image_override_is_named() -> None:
     run = run_program("dev", environ={IMAGE_REF_ENV: "tff-k8s:latest"}, check=False)
     message = str(run.error)
     assert "deployment.image.ref:" in message and "latest" in message and IMAGE_REF_ENV in message
+
+
+def test_committed_stacks_need_no_pull_secret(stack: Declared) -> None:
+    for workload in (stack.server_pod, stack.client_deployment):
+        assert "imagePullSecrets" not in pod_spec(workload)  # type: ignore[operator]
+
+
+def test_private_registry_pull_secrets_reach_both_pod_specs() -> None:
+    raw = stack_config("prod")["tff-k8s:deployment"]
+    deployment = {**raw, "image": {**raw["image"], "pull_secrets": ["ghcr-pull", "mirror.example-pull"]}}
+    run = run_program("prod", overrides={"tff-k8s:deployment": deployment})
+    pod = run.one("kubernetes:core/v1:Pod").inputs
+    dep = run.one("kubernetes:apps/v1:Deployment").inputs
+    want = [{"name": "ghcr-pull"}, {"name": "mirror.example-pull"}]
+    assert pod["spec"]["imagePullSecrets"] == want
+    assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == want
+    newest = utils.major_minor(utils.latest_version())
+    for manifest in (to_manifest(r) for r in run.resources if r.type.endswith((":Pod", ":Deployment"))):
+        kubernetes_validate.validate(manifest, newest, strict=True)
 
 
 def test_pod_disruption_budget_keeps_a_quorum(stack: Declared) -> None:

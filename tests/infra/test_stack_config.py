@@ -94,6 +94,9 @@ BAD_CASES = [
     ({"image": {"ref": "ghcr.io/x/tff-k8s"}}, {}, "deployment.image.ref", "neither tag nor digest"),
     ({"environment": "prod", "image": {"ref": "ghcr.io/x/tff-k8s:1.0"}}, {}, "deployment.image.ref", "digest"),
     ({"images": {"server": f"ghcr.io/x/s@{DIGEST}"}}, {}, "deployment.images", "one image serves both roles"),
+    ({"image": {"pull_secrets": ["Ghcr_Pull"]}}, {}, "deployment.image.pull_secrets.0", "DNS-1123 subdomain"),
+    ({"image": {"pull_secrets": ["a", "b", "a"]}}, {}, "deployment.image.pull_secrets", "more than once"),
+    ({"image": {"pull_secrets": "ghcr-pull"}}, {}, "deployment.image.pull_secrets", "tuple"),
     ({}, {"server": {"health_port": 50051}}, "federation.server", "must differ"),
     (
         {"environment": "prod", "image": {"ref": f"s@{DIGEST}"}},
