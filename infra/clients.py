@@ -93,12 +93,16 @@ class FederationClients(pulumi.ComponentResource):
             ),
             opts=child(self),
         )
-        floor = c.min_available if c.min_available is not None else fed.training.min_clients
+        # maxUnavailable >= 1, not a minAvailable floor: a floor as high as replicas (dev: 3 of 3) let no
+        # node drain evict anything, so drains hung. AlwaysAllow: clients that are not Ready (e.g. while
+        # the server restarts, readiness means "joined") can always be evicted, budget or not.
         k8s.policy.v1.PodDisruptionBudget(
             c.name,
             metadata=object_meta(c.name, namespace, meta),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                min_available=floor, selector=meta_v1.LabelSelectorArgs(match_labels=selector)
+                max_unavailable=c.max_disrupted,
+                unhealthy_pod_eviction_policy="AlwaysAllow",
+                selector=meta_v1.LabelSelectorArgs(match_labels=selector),
             ),
             opts=child(self),
         )

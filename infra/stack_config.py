@@ -172,10 +172,12 @@ class ClientDeployment(Scratch):
         default=1, ge=0, description="Extra client Pods a rollout may start (counted in the quota)."
     )
     max_unavailable: int = Field(default=0, ge=0, description="Client Pods a rollout may take down at once.")
-    min_available: int | None = Field(
-        default=None,
-        ge=0,
-        description="PodDisruptionBudget floor (default: federation.training.min_clients).",
+    max_disrupted: int = Field(
+        default=1,
+        ge=1,
+        description="Client Pods a voluntary disruption (a node drain) may evict at once: the "
+        "PodDisruptionBudget's maxUnavailable. At least 1, so a drain always progresses; the Deployment "
+        "recreates evicted clients elsewhere and rounds wait for them (training.round_deadline_s).",
     )
     topology_key: str = Field(
         default="kubernetes.io/hostname", description="Spread client Pods across this node label."
@@ -250,10 +252,9 @@ def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
                 "no round could start: raise replicas or lower min_clients",
             )
         )
-    floor = clients.min_available
-    if floor is not None and floor > clients.replicas:
+    if clients.max_disrupted > clients.replicas:
         problems.append(
-            ("deployment.clients.min_available", f"{floor} exceeds replicas ({clients.replicas})")
+            ("deployment.clients.max_disrupted", f"{clients.max_disrupted} exceeds replicas ({clients.replicas})")
         )
     if fed.server.host not in _WILDCARD_HOSTS:
         problems.append(
@@ -282,6 +283,9 @@ def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
 _REPLACED = {
     "deployment.images": "replaced by deployment.image: one image serves both roles; set deployment.image.ref "
     "(and deployment.image.pull_policy) instead",
+    "deployment.clients.min_available": "replaced by deployment.clients.max_disrupted (the PodDisruptionBudget's "
+    "maxUnavailable, at least 1): a floor as high as replicas let no node drain finish; set how many clients "
+    "a drain may evict at once, e.g. replicas - min_available",
 }
 
 

@@ -179,6 +179,14 @@ SERVER_CHECKPOINT_VOLUME = StackValidationPolicy(
     enforcement_level=ENFORCEMENT,
 )
 
+DISRUPTION_BUDGETS_ALLOW_EVICTION = StackValidationPolicy(
+    name="disruption-budgets-allow-eviction",
+    description="No PodDisruptionBudget forbids every eviction of the workload it selects (minAvailable "
+    "as high as its replicas, or maxUnavailable 0): node drains would never finish.",
+    validate=_stack_validation(checks.disruption_budgets_allow_eviction),
+    enforcement_level=ENFORCEMENT,
+)
+
 RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
     CONTAINER_RESOURCES,
     POD_SECURITY_RESTRICTED,
@@ -186,5 +194,9 @@ RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
     NO_LOAD_BALANCER,
     RECOMMENDED_LABELS,
 ]
-STACK_POLICIES: list[StackValidationPolicy] = [NAMESPACE_DEFAULT_DENY, SERVER_CHECKPOINT_VOLUME]
+STACK_POLICIES: list[StackValidationPolicy] = [
+    NAMESPACE_DEFAULT_DENY,
+    SERVER_CHECKPOINT_VOLUME,
+    DISRUPTION_BUDGETS_ALLOW_EVICTION,
+]
 POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [*RESOURCE_POLICIES, *STACK_POLICIES]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import kubernetes_validate
-from infra_stacks import Declared
+from infra_stacks import Declared, declared
 from kubernetes_validate import utils
 
 from infra.manifests import pod_spec, to_manifest
@@ -15,6 +15,7 @@ from infra.mocked import REPO_ROOT, MockedRun, run_program, stack_config
 from infra.quantity import byte_count
 from infra.stack_config import StackConfigError
 from infra.stack_inputs import IMAGE_REF_ENV
+from policy.checks import evictable
 
 EXPECTED_KINDS = {
     "Namespace": 1,
@@ -211,13 +212,24 @@ def test_private_registry_pull_secrets_reach_both_pod_specs() -> None:
         kubernetes_validate.validate(manifest, newest, strict=True)
 
 
-def test_pod_disruption_budget_keeps_a_quorum(stack: Declared) -> None:
+def test_a_node_drain_can_always_evict_a_client(stack: Declared) -> None:
+    """A budget that allows no eviction (dev had minAvailable 3 of 3 replicas) makes every node drain
+    hang. The budget lets at least one client go, and clients that are not Ready (e.g. while the
+    server restarts) may be evicted whatever the budget says."""
     pdb = stack.one("PodDisruptionBudget")
-    c, training = stack.cfg.deployment.clients, stack.cfg.federation.training
-    floor = c.min_available if c.min_available is not None else training.min_clients
-    assert pdb["spec"]["minAvailable"] == floor
-    assert training.min_clients <= floor <= c.replicas  # evictions never starve a round
-    assert pdb["spec"]["selector"] == stack.client_deployment["spec"]["selector"]
+    dep = stack.client_deployment
+    assert evictable(pdb["spec"], dep["spec"]["replicas"]) == stack.cfg.deployment.clients.max_disrupted >= 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+
+
+def test_prod_drains_leave_enough_clients_for_a_round() -> None:
+    """prod's budget is sized to its quorum: a drain evicts no more clients than rounds can spare. (dev
+    runs exactly min_clients replicas: a drain pauses its rounds until the evicted client is back.)"""
+    prod = declared("prod")
+    replicas = prod.client_deployment["spec"]["replicas"]
+    left = replicas - evictable(prod.one("PodDisruptionBudget")["spec"], replicas)  # type: ignore[operator]
+    assert left >= prod.cfg.federation.training.min_clients
 
 
 def test_stack_outputs(stack: Declared) -> None:
