@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -27,6 +29,7 @@ class FederationClients(pulumi.ComponentResource):
         config_map: pulumi.Input[str],
         tls_secret: pulumi.Input[str] | None,
         auth_secret: pulumi.Input[str] | None,
+        budget: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("tff-k8s:clients:FederationClients", name, None, opts)
@@ -91,7 +94,7 @@ class FederationClients(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            opts=child(self),
+            opts=child(self, depends_on=list(budget)),
         )
         # maxUnavailable >= 1, not a minAvailable floor: a floor as high as replicas (dev: 3 of 3) let no
         # node drain evict anything, so drains hung. AlwaysAllow: clients that are not Ready (e.g. while

@@ -37,6 +37,7 @@ class Federation(pulumi.ComponentResource):
             objects.config_map,
             objects.server_tls_secret,
             objects.auth_secret,
+            budget=ns.budget,
             opts=child(self),
         )
         FederationClients(
@@ -47,6 +48,7 @@ class Federation(pulumi.ComponentResource):
             objects.config_map,
             objects.client_tls_secret,
             objects.auth_secret,
+            budget=ns.budget,
             opts=child(self),
         )
         port = cfg.federation.server.port

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -27,6 +29,7 @@ class FederationServer(pulumi.ComponentResource):
         config_map: pulumi.Input[str],
         tls_secret: pulumi.Input[str] | None,
         auth_secret: pulumi.Input[str] | None,
+        budget: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("tff-k8s:server:FederationServer", name, None, opts)
@@ -48,7 +51,7 @@ class FederationServer(pulumi.ComponentResource):
                 storage_class_name=s.storage.storage_class,
                 resources=core.VolumeResourceRequirementsArgs(requests={"storage": s.storage.size}),
             ),
-            opts=child(self),
+            opts=child(self, depends_on=list(budget)),  # counted by the quota
         )
         volumes, mounts = volumes_and_mounts(
             fed,
@@ -84,7 +87,7 @@ class FederationServer(pulumi.ComponentResource):
                 restart_policy="Always",
             ),
             # The Pod has a fixed name (it is an address in logs and docs): replace it by delete-then-create.
-            opts=child(self, delete_before_replace=True),
+            opts=child(self, delete_before_replace=True, depends_on=list(budget)),
         )
         service = core.Service(
             s.name,

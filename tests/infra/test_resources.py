@@ -118,6 +118,16 @@ def test_config_change_renames_the_config_map() -> None:
     assert name(before) != name(after)
 
 
+def test_workloads_wait_for_the_quota_and_the_limit_range(stack: Declared) -> None:
+    """Explicit edges: a raised quota or changed limits land before the Pods (and the claim) that need
+    them are created or updated; on destroy the workloads go first."""
+    budget = {r.urn for r in stack.run.resources if r.type.endswith((":ResourceQuota", ":LimitRange"))}
+    assert len(budget) == 2
+    for type_ in ("core/v1:Pod", "apps/v1:Deployment", "core/v1:PersistentVolumeClaim"):
+        workload = stack.run.one(f"kubernetes:{type_}")
+        assert budget <= set(workload.dependencies), (type_, workload.dependencies)
+
+
 def test_server_pod_keeps_checkpoints_on_a_claim(stack: Declared) -> None:
     claim = stack.one("PersistentVolumeClaim")
     storage = stack.cfg.deployment.server.storage
