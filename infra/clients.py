@@ -8,6 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import layout
+from infra.config_objects import SECRETS_DIGEST_ANNOTATION
 from infra.labels import CLIENT, Labels
 from infra.meta import child, object_meta
 from infra.mounts import VolumeSources, volumes_and_mounts
@@ -30,6 +31,7 @@ class FederationClients(pulumi.ComponentResource):
         tls_secret: pulumi.Input[str] | None,
         auth_secret: pulumi.Input[str] | None,
         budget: Sequence[pulumi.Resource] = (),
+        secrets_digest: pulumi.Output[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("tff-k8s:clients:FederationClients", name, None, opts)
@@ -83,7 +85,11 @@ class FederationClients(pulumi.ComponentResource):
                     ),
                 ),
                 template=core.PodTemplateSpecArgs(
-                    metadata=meta_v1.ObjectMetaArgs(labels=meta),
+                    # A changed template rolls the clients: the hash of the secret material they read at start.
+                    metadata=meta_v1.ObjectMetaArgs(
+                        labels=meta,
+                        annotations={SECRETS_DIGEST_ANNOTATION: secrets_digest} if secrets_digest else None,
+                    ),
                     spec=federation_pod_spec(
                         container,
                         service_account=account.metadata.name,

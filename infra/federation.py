@@ -38,6 +38,7 @@ class Federation(pulumi.ComponentResource):
             objects.server_tls_secret,
             objects.auth_secret,
             budget=ns.budget,
+            secrets_digest=objects.server_secrets_digest,
             opts=child(self),
         )
         FederationClients(
@@ -49,6 +50,7 @@ class Federation(pulumi.ComponentResource):
             objects.client_tls_secret,
             objects.auth_secret,
             budget=ns.budget,
+            secrets_digest=objects.client_secrets_digest,
             opts=child(self),
         )
         port = cfg.federation.server.port
