@@ -8,6 +8,7 @@ the program declares any resource. Imports pydantic only (no Pulumi, no TensorFl
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -202,9 +203,30 @@ class PeerSelector(_Strict):
 
 class Network(_Strict):
     dns: PeerSelector = PeerSelector(namespace="kube-system", pod_labels={"k8s-app": "kube-dns"})
+    dns_cidrs: tuple[str, ...] = Field(
+        default=(),
+        description="Address ranges DNS egress (port 53) may also go to, for resolvers that are not Pods "
+        "a selector can name: node-local DNS caches (e.g. 169.254.20.10/32), a DNS Service's IP.",
+    )
     metrics_from: PeerSelector | None = Field(
         default=None, description="Who may scrape the server's metrics port (null: nobody)."
     )
+    @field_validator("dns_cidrs")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        cidrs = []
+        for text in v:
+            try:
+                network = ipaddress.ip_network(text, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{text!r} is not a CIDR block (e.g. 169.254.20.10/32): {exc}") from None
+            if network.prefixlen == 0:
+                raise ValueError(f"{text!r} would allow port 53 to every address: name the resolvers' range")
+            cidrs.append(str(network))  # a bare address becomes /32 (/128): ipBlock needs a prefix
+        if repeated := sorted({c for c in cidrs if cidrs.count(c) > 1}):
+            raise ValueError(f"{repeated} listed more than once")
+        return tuple(cidrs)
+
     allow_load_balancer: bool = Field(
         default=False,
         description="Permit Services of type LoadBalancer in this stack. The policy pack (policy/) "

@@ -97,6 +97,15 @@ BAD_CASES = [
     ({"image": {"pull_secrets": ["Ghcr_Pull"]}}, {}, "deployment.image.pull_secrets.0", "DNS-1123 subdomain"),
     ({"image": {"pull_secrets": ["a", "b", "a"]}}, {}, "deployment.image.pull_secrets", "more than once"),
     ({"image": {"pull_secrets": "ghcr-pull"}}, {}, "deployment.image.pull_secrets", "tuple"),
+    ({"network": {"dns_cidrs": ["169.254.20.10/16"]}}, {}, "deployment.network.dns_cidrs", "host bits set"),
+    ({"network": {"dns_cidrs": ["kube-dns"]}}, {}, "deployment.network.dns_cidrs", "not a CIDR block"),
+    ({"network": {"dns_cidrs": ["0.0.0.0/0"]}}, {}, "deployment.network.dns_cidrs", "every address"),
+    (
+        {"network": {"dns_cidrs": ["169.254.20.10", "169.254.20.10/32"]}},
+        {},
+        "deployment.network.dns_cidrs",
+        "more than once",
+    ),
     ({}, {"server": {"health_port": 50051}}, "federation.server", "must differ"),
     (
         {"environment": "prod", "image": {"ref": f"s@{DIGEST}"}},
