@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import layout
+from infra.config_objects import SECRETS_DIGEST_ANNOTATION
 from infra.labels import CLIENT, Labels
 from infra.meta import child, object_meta
 from infra.mounts import VolumeSources, volumes_and_mounts
@@ -27,6 +30,8 @@ class FederationClients(pulumi.ComponentResource):
         config_map: pulumi.Input[str],
         tls_secret: pulumi.Input[str] | None,
         auth_secret: pulumi.Input[str] | None,
+        budget: Sequence[pulumi.Resource] = (),
+        secrets_digest: pulumi.Output[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("tff-k8s:clients:FederationClients", name, None, opts)
@@ -80,24 +85,33 @@ class FederationClients(pulumi.ComponentResource):
                     ),
                 ),
                 template=core.PodTemplateSpecArgs(
-                    metadata=meta_v1.ObjectMetaArgs(labels=meta),
+                    # A changed template rolls the clients: the hash of the secret material they read at start.
+                    metadata=meta_v1.ObjectMetaArgs(
+                        labels=meta,
+                        annotations={SECRETS_DIGEST_ANNOTATION: secrets_digest} if secrets_digest else None,
+                    ),
                     spec=federation_pod_spec(
                         container,
                         service_account=account.metadata.name,
                         uid=d.run_as_user,
                         volumes=volumes,
+                        pull_secrets=d.image.pull_secrets,
                         topology_spread_constraints=[spread],
                     ),
                 ),
             ),
-            opts=child(self),
+            opts=child(self, depends_on=list(budget)),
         )
-        floor = c.min_available if c.min_available is not None else fed.training.min_clients
+        # maxUnavailable >= 1, not a minAvailable floor: a floor as high as replicas (dev: 3 of 3) let no
+        # node drain evict anything, so drains hung. AlwaysAllow: clients that are not Ready (e.g. while
+        # the server restarts, readiness means "joined") can always be evicted, budget or not.
         k8s.policy.v1.PodDisruptionBudget(
             c.name,
             metadata=object_meta(c.name, namespace, meta),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                min_available=floor, selector=meta_v1.LabelSelectorArgs(match_labels=selector)
+                max_unavailable=c.max_disrupted,
+                unhealthy_pod_eviction_policy="AlwaysAllow",
+                selector=meta_v1.LabelSelectorArgs(match_labels=selector),
             ),
             opts=child(self),
         )

@@ -2,11 +2,15 @@
 
 The ConfigMap's name carries a hash of its content and the map is immutable, so a config change
 creates a new map and replaces the Pods that mount it, instead of editing a file under a running
-server."""
+server. A Secret is updated in place when its material rotates, and the Pods read theirs only at
+start: each workload's Pod template carries a SHA-256 of the material it mounts
+(:data:`SECRETS_DIGEST_ANNOTATION`), so a rotation changes the template and rolls the Pods."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -20,6 +24,30 @@ from infra.stack_inputs import Credentials
 core = k8s.core.v1
 
 
+SECRETS_DIGEST_ANNOTATION = "tff-k8s/secrets-sha256"
+
+
+def secrets_digest(material: Mapping[str, Mapping[str, pulumi.Output[str]]]) -> pulumi.Output[str] | None:
+    """SHA-256 over ``material`` (Secret name -> key -> value), or None when there is none.
+
+    An Output derived from the secret Outputs inside Pulumi (no value is ever read in plain text outside
+    it); only the one-way hash leaves, never a value. It is explicitly unsecreted: a secret anywhere
+    in a Pod's metadata or a Deployment's spec makes Pulumi mark that whole top-level field secret,
+    which would hide every change to the server Pod's metadata and the client Deployment's spec in
+    previews, state and `tff-k8s render`. (Of random material, such as keys and a token made with
+    `openssl rand`, the hash reveals nothing; a guessable token could be confirmed against it, one more
+    reason the docs make the token random.)"""
+    entries = sorted((secret, key, value) for secret, data in material.items() for key, value in data.items())
+    if not entries:
+        return None
+
+    def digest(values: list[str]) -> str:
+        named = [[secret, key, value] for (secret, key, _), value in zip(entries, values, strict=True)]
+        return hashlib.sha256(json.dumps(named).encode()).hexdigest()
+
+    return pulumi.Output.unsecret(pulumi.Output.all(*(value for _, _, value in entries)).apply(digest))
+
+
 def config_map_name(cfg: StackConfig) -> str:
     digest = hashlib.sha256(cfg.federation.to_yaml().encode()).hexdigest()[:10]
     return f"{cfg.deployment.instance}-federation-{digest}"
@@ -30,6 +58,8 @@ class ConfigObjects(pulumi.ComponentResource):
     auth_secret: pulumi.Output[str] | None
     server_tls_secret: pulumi.Output[str] | None
     client_tls_secret: pulumi.Output[str] | None
+    server_secrets_digest: pulumi.Output[str] | None  # of what the server mounts: token, server TLS
+    client_secrets_digest: pulumi.Output[str] | None  # of what a client mounts: token, CA (+ mTLS)
 
     def __init__(
         self,
@@ -50,9 +80,12 @@ class ConfigObjects(pulumi.ComponentResource):
             immutable=True,
             opts=child(self),
         ).metadata.name
-        self.auth_secret = self._secret(f"{d.instance}-auth", creds.auth)
-        self.server_tls_secret = self._secret(f"{d.server.name}-tls", creds.server_tls)
-        self.client_tls_secret = self._secret(f"{d.clients.name}-tls", creds.client_tls)
+        auth, server_tls, client_tls = f"{d.instance}-auth", f"{d.server.name}-tls", f"{d.clients.name}-tls"
+        self.auth_secret = self._secret(auth, creds.auth)
+        self.server_tls_secret = self._secret(server_tls, creds.server_tls)
+        self.client_tls_secret = self._secret(client_tls, creds.client_tls)
+        self.server_secrets_digest = secrets_digest({auth: creds.auth, server_tls: creds.server_tls})
+        self.client_secrets_digest = secrets_digest({auth: creds.auth, client_tls: creds.client_tls})
         self.register_outputs({"config_map": self.config_map})
 
     def _secret(self, name: str, data: dict[str, pulumi.Output[str]]) -> pulumi.Output[str] | None:

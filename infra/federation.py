@@ -37,6 +37,8 @@ class Federation(pulumi.ComponentResource):
             objects.config_map,
             objects.server_tls_secret,
             objects.auth_secret,
+            budget=ns.budget,
+            secrets_digest=objects.server_secrets_digest,
             opts=child(self),
         )
         FederationClients(
@@ -47,6 +49,8 @@ class Federation(pulumi.ComponentResource):
             objects.config_map,
             objects.client_tls_secret,
             objects.auth_secret,
+            budget=ns.budget,
+            secrets_digest=objects.client_secrets_digest,
             opts=child(self),
         )
         port = cfg.federation.server.port

@@ -24,7 +24,8 @@ _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # pulumi.runtime.rpc._special_
 
 @dataclass(frozen=True)
 class Resource:
-    """One declared resource: its Pulumi type token, logical name and (camelCase) inputs."""
+    """One declared resource: its Pulumi type token, logical name and (camelCase) inputs, and the
+    resource options the engine would see (URNs of what it depends on, replacement options)."""
 
     type: str
     name: str
@@ -32,6 +33,10 @@ class Resource:
     provider: str = ""
     parent: str = ""
     secret_paths: tuple[str, ...] = ()
+    urn: str = ""
+    dependencies: tuple[str, ...] = ()  # explicit depends_on and the resources its inputs come from
+    replace_on_changes: tuple[str, ...] = ()
+    delete_before_replace: bool = False
 
     @property
     def parent_type(self) -> str:
@@ -89,19 +94,31 @@ def _unwrap(value: Any, path: str, secrets: list[str]) -> Any:
 
 
 def _monitor(run: MockedRun) -> Any:
-    """A mock monitor that records every registration, parent included (Mocks alone do not see it)."""
+    """A mock monitor that records every registration with its options (parent, dependencies,
+    replacement options), which Mocks alone do not see."""
     import pulumi
     from pulumi.runtime.mocks import MockMonitor
 
-    parents: dict[tuple[str, str], str] = {}
+    requests: dict[tuple[str, str], Any] = {}  # (type, name) -> (urn, RegisterResourceRequest)
 
     class Recorder(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
             secret_paths: list[str] = []
             inputs = _unwrap(args.inputs, "", secret_paths)
-            parent = parents.get((args.typ, args.name), "")
+            urn, request = requests[(args.typ, args.name)]
             run.resources.append(
-                Resource(args.typ, args.name, inputs, args.provider or "", parent, tuple(secret_paths))
+                Resource(
+                    args.typ,
+                    args.name,
+                    inputs,
+                    args.provider or "",
+                    request.parent,
+                    tuple(secret_paths),
+                    urn,
+                    tuple(request.dependencies),
+                    tuple(request.replaceOnChanges),
+                    bool(request.deleteBeforeReplace),
+                )
             )
             return f"{args.name}-id", args.inputs
 
@@ -110,7 +127,10 @@ def _monitor(run: MockedRun) -> Any:
 
     class Monitor(MockMonitor):
         def RegisterResource(self, request: Any) -> Any:
-            parents[(request.type, request.name)] = request.parent
+            requests[(request.type, request.name)] = (
+                self.make_urn(request.parent, request.type, request.name),
+                request,
+            )
             return super().RegisterResource(request)
 
     return Monitor(Recorder())
@@ -145,11 +165,13 @@ def run_program(
     root: Path = REPO_ROOT,
     program: Callable[[], None] | None = None,
     check: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> MockedRun:
     """Run the program for ``stack`` with its committed ``Pulumi.<stack>.yaml``.
 
     ``overrides`` replace whole config keys (``{"tff-k8s:deployment": {...}}``; None removes one);
-    ``secrets`` are the stack secrets (default: a placeholder for each). With ``check`` an error the
+    ``secrets`` are the stack secrets (default: a placeholder for each); ``environ`` is the environment
+    the program reads (default: empty, whatever the calling shell has set). With ``check`` an error the
     program raises is re-raised; otherwise it is returned in ``MockedRun.error`` with what was
     declared before it.
     """
@@ -162,10 +184,13 @@ def run_program(
         from pulumi.runtime import settings
         from pulumi.runtime.stack import run_pulumi_func
 
+        from infra.stack_inputs import ENVIRON
+
         if program is None:
             from infra.program import main as entry
         else:
             entry = program
+        ENVIRON.set(dict(environ or {}))  # this thread's own context: no other run sees it
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:

@@ -18,6 +18,10 @@ POD_SECURITY = {
 
 class FederationNamespace(pulumi.ComponentResource):
     name: pulumi.Output[str]
+    budget: list[pulumi.Resource]
+    """The ResourceQuota and LimitRange: workloads depend on them, so a raised quota or changed limits
+    are in place before the Pods (and claim) that need them are created or updated, and the workloads
+    are deleted before their budget on destroy."""
 
     def __init__(
         self, name: str, d: DeploymentSettings, labels: Labels, opts: pulumi.ResourceOptions | None = None
@@ -30,14 +34,14 @@ class FederationNamespace(pulumi.ComponentResource):
             opts=child(self),
         )
         self.name = namespace.metadata.name
-        core.ResourceQuota(
+        quota = core.ResourceQuota(
             f"{d.instance}-quota",
             metadata=object_meta(f"{d.instance}-quota", self.name, ns_labels),
             spec=core.ResourceQuotaSpecArgs(hard=quota_hard(d)),
             opts=child(self),
         )
         default = d.clients.resources
-        core.LimitRange(
+        limits = core.LimitRange(
             f"{d.instance}-limits",
             metadata=object_meta(f"{d.instance}-limits", self.name, ns_labels),
             spec=core.LimitRangeSpecArgs(
@@ -52,4 +56,5 @@ class FederationNamespace(pulumi.ComponentResource):
             ),
             opts=child(self),
         )
+        self.budget = [quota, limits]
         self.register_outputs({"name": self.name})

@@ -1,5 +1,6 @@
-"""Network isolation: deny everything in the namespace, then allow DNS, clients -> server gRPC, and
-(when configured) a monitoring namespace -> server metrics."""
+"""Network isolation: deny everything in the namespace, then allow DNS (the DNS Pods, and any address
+ranges deployment.network.dns_cidrs names), clients -> server gRPC, and (when configured) a monitoring
+namespace -> server metrics."""
 
 from __future__ import annotations
 
@@ -41,12 +42,15 @@ class NetworkIsolation(pulumi.ComponentResource):
         clients = meta_v1.LabelSelectorArgs(match_labels=labels.selector(CLIENT))
         everyone = meta_v1.LabelSelectorArgs()
         self._policy("default-deny", everyone, ingress=[], egress=[])
+        # A selector can only name Pods: resolvers that are not Pods (node-local DNS caches on managed
+        # clusters, listening on a link-local address) are reached through optional ipBlocks.
+        resolvers = [net.NetworkPolicyPeerArgs(ip_block=net.IPBlockArgs(cidr=c)) for c in network.dns_cidrs]
         self._policy(
             "allow-dns",
             everyone,
             egress=[
                 net.NetworkPolicyEgressRuleArgs(
-                    to=[_peer(network.dns)],
+                    to=[_peer(network.dns), *resolvers],
                     ports=[net.NetworkPolicyPortArgs(port=53, protocol=p) for p in ("UDP", "TCP")],
                 )
             ],

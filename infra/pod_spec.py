@@ -4,7 +4,7 @@ requests/limits, gRPC probes and the entrypoint. One definition, used by the ser
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -103,6 +103,7 @@ def federation_pod_spec(
     service_account: pulumi.Input[str],
     uid: int,
     volumes: list[core.VolumeArgs],
+    pull_secrets: Sequence[str] = (),
     restart_policy: str | None = None,
     topology_spread_constraints: list[core.TopologySpreadConstraintArgs] | None = None,
 ) -> core.PodSpecArgs:
@@ -112,6 +113,7 @@ def federation_pod_spec(
         enable_service_links=False,
         security_context=pod_security_context(uid),
         containers=[container],
+        image_pull_secrets=[core.LocalObjectReferenceArgs(name=name) for name in pull_secrets] or None,
         volumes=volumes,
         restart_policy=restart_policy,
         topology_spread_constraints=topology_spread_constraints,

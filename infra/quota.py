@@ -1,10 +1,11 @@
 """The namespace's budget: what the ResourceQuota and LimitRange hold, computed from the workloads so
-that the quota admits the server, every client replica and the rollout surge, and nothing more."""
+that the quota admits the server, every client replica, the rollout surge and the client Pods still
+terminating, and nothing more."""
 
 from __future__ import annotations
 
 from infra.quantity import byte_count, cpu_millis, format_bytes, format_cpu
-from infra.stack_config import DeploymentSettings, Resources
+from infra.stack_config import ClientDeployment, DeploymentSettings, Resources
 
 
 def _sum(items: list[tuple[int, Resources]], side: str) -> dict[str, str]:
@@ -13,13 +14,31 @@ def _sum(items: list[tuple[int, Resources]], side: str) -> dict[str, str]:
     return {f"{side}.cpu": format_cpu(cpu), f"{side}.memory": format_bytes(memory)}
 
 
+def terminating_clients(c: ClientDeployment) -> int:
+    """Client Pods that may still be terminating while their replacements start.
+
+    A terminating Pod counts against the quota until it is gone (or twice its grace period has
+    passed: Kubernetes' QuotaV1Pod), and neither the Deployment controller nor a node drain waits for
+    it before creating the replacement. A rollout step replaces max_surge + max_unavailable Pods; a
+    drain evicts up to max_disrupted (the PodDisruptionBudget). One step's worth: a step lasts at least
+    a client's start-up (readiness means joined), and clients stop within seconds of SIGTERM.
+    """
+    return max(c.max_surge + c.max_unavailable, c.max_disrupted)
+
+
+def client_pods(c: ClientDeployment) -> int:
+    """Client Pods the quota may count at once: every replica, the surge, and the terminating ones."""
+    return c.replicas + c.max_surge + terminating_clients(c)
+
+
 def max_pods(d: DeploymentSettings) -> int:
-    """One server + every client replica + the Pods a rolling update may add."""
-    return 1 + d.clients.replicas + d.clients.max_surge
+    """One server + the client Pods above. The server is never doubled: it is replaced delete-first,
+    and Pulumi waits for the old Pod to be gone before it creates the new one."""
+    return 1 + client_pods(d.clients)
 
 
 def quota_hard(d: DeploymentSettings) -> dict[str, str]:
-    items = [(1, d.server.resources), (d.clients.replicas + d.clients.max_surge, d.clients.resources)]
+    items = [(1, d.server.resources), (client_pods(d.clients), d.clients.resources)]
     return {
         **_sum(items, "requests"),
         **_sum(items, "limits"),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.config_objects import SECRETS_DIGEST_ANNOTATION
 from infra.labels import SERVER, Labels
 from infra.meta import child, object_meta
 from infra.mounts import VolumeSources, volumes_and_mounts
@@ -27,6 +30,8 @@ class FederationServer(pulumi.ComponentResource):
         config_map: pulumi.Input[str],
         tls_secret: pulumi.Input[str] | None,
         auth_secret: pulumi.Input[str] | None,
+        budget: Sequence[pulumi.Resource] = (),
+        secrets_digest: pulumi.Output[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("tff-k8s:server:FederationServer", name, None, opts)
@@ -48,7 +53,7 @@ class FederationServer(pulumi.ComponentResource):
                 storage_class_name=s.storage.storage_class,
                 resources=core.VolumeResourceRequirementsArgs(requests={"storage": s.storage.size}),
             ),
-            opts=child(self),
+            opts=child(self, depends_on=list(budget)),  # counted by the quota
         )
         volumes, mounts = volumes_and_mounts(
             fed,
@@ -72,18 +77,27 @@ class FederationServer(pulumi.ComponentResource):
             startup_budget_s=fed.server.tff_startup_timeout_s,
             mounts=mounts,
         )
+        # A bare Pod is not restarted by an annotation change, only by replacement: replace it when the
+        # secret material it read at start has changed (config_objects.secrets_digest).
+        digest = {SECRETS_DIGEST_ANNOTATION: secrets_digest} if secrets_digest is not None else None
         pod = core.Pod(
             s.name,
-            metadata=object_meta(s.name, namespace, meta),
+            metadata=object_meta(s.name, namespace, meta, digest),
             spec=federation_pod_spec(
                 container,
                 service_account=account.metadata.name,
                 uid=d.run_as_user,
                 volumes=volumes,
+                pull_secrets=d.image.pull_secrets,
                 restart_policy="Always",
             ),
             # The Pod has a fixed name (it is an address in logs and docs): replace it by delete-then-create.
-            opts=child(self, delete_before_replace=True),
+            opts=child(
+                self,
+                delete_before_replace=True,
+                depends_on=list(budget),
+                replace_on_changes=[f'metadata.annotations["{SECRETS_DIGEST_ANNOTATION}"]'],
+            ),
         )
         service = core.Service(
             s.name,

@@ -8,6 +8,7 @@ the program declares any resource. Imports pydantic only (no Pulumi, no TensorFl
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -46,6 +47,17 @@ def _dns_label(value: str) -> str:
 
 
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+
+
+def _dns_subdomain(value: str) -> str:
+    if len(value) > 253 or not all(_DNS_LABEL.match(part) for part in value.split(".")):
+        raise ValueError(
+            f"{value!r} must be a DNS-1123 subdomain (lowercase letters, digits, '-', '.'; <= 253 chars)"
+        )
+    return value
+
+
+DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
 
 
 class Compute(_Strict):
@@ -102,11 +114,23 @@ class Image(_Strict):
         "a tag or digest, never latest.",
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    pull_secrets: tuple[DnsSubdomain, ...] = Field(
+        default=(),
+        description="Secrets (type kubernetes.io/dockerconfigjson, in the federation's namespace, created "
+        "outside this program) the kubelet pulls the image with: imagePullSecrets of both Pod specs.",
+    )
 
     @field_validator("ref")
     @classmethod
     def _pinned(cls, v: str) -> str:
         return check_image(v, require_digest=False)
+
+    @field_validator("pull_secrets")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if repeated := sorted({name for name in v if v.count(name) > 1}):
+            raise ValueError(f"{repeated} listed more than once")
+        return v
 
 
 class Storage(_Strict):
@@ -149,10 +173,12 @@ class ClientDeployment(Scratch):
         default=1, ge=0, description="Extra client Pods a rollout may start (counted in the quota)."
     )
     max_unavailable: int = Field(default=0, ge=0, description="Client Pods a rollout may take down at once.")
-    min_available: int | None = Field(
-        default=None,
-        ge=0,
-        description="PodDisruptionBudget floor (default: federation.training.min_clients).",
+    max_disrupted: int = Field(
+        default=1,
+        ge=1,
+        description="Client Pods a voluntary disruption (a node drain) may evict at once: the "
+        "PodDisruptionBudget's maxUnavailable. At least 1, so a drain always progresses; the Deployment "
+        "recreates evicted clients elsewhere and rounds wait for them (training.round_deadline_s).",
     )
     topology_key: str = Field(
         default="kubernetes.io/hostname", description="Spread client Pods across this node label."
@@ -177,9 +203,30 @@ class PeerSelector(_Strict):
 
 class Network(_Strict):
     dns: PeerSelector = PeerSelector(namespace="kube-system", pod_labels={"k8s-app": "kube-dns"})
+    dns_cidrs: tuple[str, ...] = Field(
+        default=(),
+        description="Address ranges DNS egress (port 53) may also go to, for resolvers that are not Pods "
+        "a selector can name: node-local DNS caches (e.g. 169.254.20.10/32), a DNS Service's IP.",
+    )
     metrics_from: PeerSelector | None = Field(
         default=None, description="Who may scrape the server's metrics port (null: nobody)."
     )
+    @field_validator("dns_cidrs")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        cidrs = []
+        for text in v:
+            try:
+                network = ipaddress.ip_network(text, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{text!r} is not a CIDR block (e.g. 169.254.20.10/32): {exc}") from None
+            if network.prefixlen == 0:
+                raise ValueError(f"{text!r} would allow port 53 to every address: name the resolvers' range")
+            cidrs.append(str(network))  # a bare address becomes /32 (/128): ipBlock needs a prefix
+        if repeated := sorted({c for c in cidrs if cidrs.count(c) > 1}):
+            raise ValueError(f"{repeated} listed more than once")
+        return tuple(cidrs)
+
     allow_load_balancer: bool = Field(
         default=False,
         description="Permit Services of type LoadBalancer in this stack. The policy pack (policy/) "
@@ -227,10 +274,9 @@ def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
                 "no round could start: raise replicas or lower min_clients",
             )
         )
-    floor = clients.min_available
-    if floor is not None and floor > clients.replicas:
+    if clients.max_disrupted > clients.replicas:
         problems.append(
-            ("deployment.clients.min_available", f"{floor} exceeds replicas ({clients.replicas})")
+            ("deployment.clients.max_disrupted", f"{clients.max_disrupted} exceeds replicas ({clients.replicas})")
         )
     if fed.server.host not in _WILDCARD_HOSTS:
         problems.append(
@@ -259,6 +305,9 @@ def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
 _REPLACED = {
     "deployment.images": "replaced by deployment.image: one image serves both roles; set deployment.image.ref "
     "(and deployment.image.pull_policy) instead",
+    "deployment.clients.min_available": "replaced by deployment.clients.max_disrupted (the PodDisruptionBudget's "
+    "maxUnavailable, at least 1): a floor as high as replicas let no node drain finish; set how many clients "
+    "a drain may evict at once, e.g. replicas - min_available",
 }
 
 

@@ -6,16 +6,26 @@ calls for but the stack lacks fails here, before any resource is declared, namin
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 
-from infra.stack_config import StackConfig, StackConfigError, parse
+from infra.stack_config import DeploymentSettings, StackConfig, StackConfigError, parse
 
 DEPLOYMENT_KEY = "deployment"
 FEDERATION_KEY = "federation"
+
+# `make up-dev` deploys the image `make images` just built under its content tag (infra/k8s.mk): this
+# variable replaces deployment.image.ref for that run, on dev stacks only. prod deploys exactly the
+# digest its stack file pins (written by a reviewed pull request, .github/workflows/publish.yml).
+IMAGE_REF_ENV = "TFF_K8S_IMAGE_REF"
+# The environment the program reads that variable from: the process's, except under Pulumi mocks
+# (infra/mocked.py sets its own per run, so a shell's variable never leaks into tests or renders).
+ENVIRON: ContextVar[Mapping[str, str]] = ContextVar("environ", default=os.environ)
 
 # Stack secret -> file name inside the Secret it lands in (the mounted file is renamed to the
 # basename the federation config names, see infra/mounts.py).
@@ -47,8 +57,29 @@ def _mapping(config: pulumi.Config, key: str) -> Mapping[str, Any]:
     return value or {}
 
 
+def _image_override(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = ENVIRON.get().get(IMAGE_REF_ENV, "").strip()
+    if not ref:
+        return deployment
+    environment = deployment.get("environment", DeploymentSettings.model_fields["environment"].default)
+    if environment != "dev":
+        raise StackConfigError(
+            f"invalid stack config:\n  {IMAGE_REF_ENV}: overrides deployment.image.ref on dev stacks only "
+            f"(this stack is {environment!r}); unset it and deploy the digest the stack file pins"
+        )
+    image = deployment.get("image")
+    return {**deployment, "image": {**(image if isinstance(image, Mapping) else {}), "ref": ref}}
+
+
 def read_stack_config(config: pulumi.Config) -> StackConfig:
-    return parse(_mapping(config, DEPLOYMENT_KEY), _mapping(config, FEDERATION_KEY))
+    raw = _mapping(config, DEPLOYMENT_KEY)
+    deployment = _image_override(raw)
+    try:
+        return parse(deployment, _mapping(config, FEDERATION_KEY))
+    except StackConfigError as exc:
+        if deployment is raw:
+            raise
+        raise StackConfigError(f"{exc}\n  ({IMAGE_REF_ENV} set deployment.image.ref)") from None
 
 
 def read_credentials(config: pulumi.Config, cfg: StackConfig) -> Credentials:

@@ -360,3 +360,69 @@ def server_checkpoint_volume(resources: Sequence[Declared], component: str = SER
                     Finding(f"{where} mounts claim {claim!r}, which this stack does not declare", r.urn)
                 )
     return findings
+
+
+# Workloads whose Pods a PodDisruptionBudget counts, by their replica count.
+_REPLICATED = {"Deployment", "StatefulSet", "ReplicaSet", "ReplicationController"}
+
+
+def _scaled(value: Any, total: int) -> int | None:
+    """An int-or-percent budget field against ``total`` Pods, rounded up as the disruption controller
+    does for both minAvailable and maxUnavailable; None when it is not a known number (e.g. unknown
+    during a preview)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and float(value).is_integer():  # the engine sends numbers as floats
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit():
+        return -(-int(value[:-1]) * total // 100)
+    return None
+
+
+def evictable(budget_spec: Mapping[str, Any], replicas: int) -> int | None:
+    """How many of ``replicas`` healthy Pods a PodDisruptionBudget lets evictions take at once."""
+    if _get(budget_spec, "maxUnavailable") is not None:
+        return _scaled(budget_spec["maxUnavailable"], replicas)
+    floor = _scaled(_get(budget_spec, "minAvailable"), replicas)
+    return None if floor is None else max(replicas - floor, 0)
+
+
+def _selects(selector: Any, labels: Mapping[str, Any]) -> bool | None:
+    """Whether a label selector selects ``labels`` (None: it uses matchExpressions, not judged here)."""
+    if not _is_map(selector) or _items(selector.get("matchExpressions")):
+        return None
+    wanted = selector.get("matchLabels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def disruption_budgets_allow_eviction(resources: Sequence[Declared]) -> list[Finding]:
+    """No PodDisruptionBudget forbids every eviction of the workload it covers (minAvailable equal to
+    the replicas, maxUnavailable 0): a node drain would wait on it forever."""
+    findings = []
+    for budget in (r for r in resources if r.kind == "PodDisruptionBudget"):
+        spec = _get(budget.props, "spec") or {}
+        for workload in resources:
+            if workload.kind not in _REPLICATED or workload.namespace != budget.namespace:
+                continue
+            pods = pod_specs(workload.kind, workload.props)
+            if not pods or not _selects(_get(spec, "selector"), pods[0].labels):
+                continue
+            declared = _get(workload.props, "spec", "replicas")
+            replicas = 1 if declared is None else _scaled(declared, 0)  # Kubernetes' default: 1
+            if replicas is None or replicas < 1:
+                continue
+            allowed = evictable(spec, replicas)
+            if allowed is not None and allowed < 1:
+                rule = "maxUnavailable" if _get(spec, "maxUnavailable") is not None else "minAvailable"
+                findings.append(
+                    Finding(
+                        f"{describe(budget.kind, budget.props)} lets no eviction take any of the {replicas} "
+                        f"Pods of {describe(workload.kind, workload.props)} ({rule}: {spec.get(rule)}): a node "
+                        "drain would wait on it forever; allow at least one (maxUnavailable >= 1, "
+                        "deployment.clients.max_disrupted)",
+                        budget.urn,
+                    )
+                )
+    return findings

@@ -88,13 +88,7 @@ def _resource_validation(check: ResourceCheck) -> Callable[[ResourceValidationAr
 def _resource_policy(
     name: str, description: str, check: ResourceCheck, **kwargs: Any
 ) -> ResourceValidationPolicy:
-    return ResourceValidationPolicy(
-        name=name,
-        description=description,
-        validate=_resource_validation(check),
-        enforcement_level=ENFORCEMENT,
-        **kwargs,
-    )
+    return ResourceValidationPolicy(name, description, _resource_validation(check), ENFORCEMENT, **kwargs)
 
 
 def _stack_validation(
@@ -163,20 +157,31 @@ RECOMMENDED_LABELS = _resource_policy(
     lambda kind, props, _config: checks.recommended_labels(kind, props),
 )
 
-NAMESPACE_DEFAULT_DENY = StackValidationPolicy(
-    name="namespace-default-deny",
-    description="Every namespace the stack declares or runs Pods in has a default-deny NetworkPolicy "
+def _stack_policy(
+    name: str, description: str, check: Callable[[list[checks.Declared]], list[checks.Finding]]
+) -> StackValidationPolicy:
+    return StackValidationPolicy(name, description, _stack_validation(check), ENFORCEMENT)
+
+
+NAMESPACE_DEFAULT_DENY = _stack_policy(
+    "namespace-default-deny",
+    "Every namespace the stack declares or runs Pods in has a default-deny NetworkPolicy "
     "(all Pods, Ingress and Egress, no rules).",
-    validate=_stack_validation(checks.namespace_default_deny),
-    enforcement_level=ENFORCEMENT,
+    checks.namespace_default_deny,
 )
 
-SERVER_CHECKPOINT_VOLUME = StackValidationPolicy(
-    name="server-checkpoint-volume",
-    description="The federation server Pod mounts a writable persistent volume, from a claim the stack "
+SERVER_CHECKPOINT_VOLUME = _stack_policy(
+    "server-checkpoint-volume",
+    "The federation server Pod mounts a writable persistent volume, from a claim the stack "
     "declares, for its checkpoints.",
-    validate=_stack_validation(checks.server_checkpoint_volume),
-    enforcement_level=ENFORCEMENT,
+    checks.server_checkpoint_volume,
+)
+
+DISRUPTION_BUDGETS_ALLOW_EVICTION = _stack_policy(
+    "disruption-budgets-allow-eviction",
+    "No PodDisruptionBudget forbids every eviction of the workload it selects (minAvailable "
+    "as high as its replicas, or maxUnavailable 0): node drains would never finish.",
+    checks.disruption_budgets_allow_eviction,
 )
 
 RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
@@ -186,5 +191,9 @@ RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
     NO_LOAD_BALANCER,
     RECOMMENDED_LABELS,
 ]
-STACK_POLICIES: list[StackValidationPolicy] = [NAMESPACE_DEFAULT_DENY, SERVER_CHECKPOINT_VOLUME]
+STACK_POLICIES: list[StackValidationPolicy] = [
+    NAMESPACE_DEFAULT_DENY,
+    SERVER_CHECKPOINT_VOLUME,
+    DISRUPTION_BUDGETS_ALLOW_EVICTION,
+]
 POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [*RESOURCE_POLICIES, *STACK_POLICIES]

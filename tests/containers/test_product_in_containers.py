@@ -216,7 +216,7 @@ def test_prod_shaped_stack_with_tls_and_token_completes(deploy: Any, tmp_path: P
     small = {"requests": {"cpu": "250m", "memory": "768Mi"}, "limits": {"cpu": "1", "memory": "2Gi"}}
     fed = deploy(
         "prod",
-        {"server": {"resources": small}, "clients": {"replicas": 3, "min_available": 3, "resources": small}},
+        {"server": {"resources": small}, "clients": {"replicas": 3, "resources": small}},
         {"training": {"rounds": 4, "min_clients": 3, "clients_per_round": 3, "min_results": 3}},
         secrets,
     )

@@ -98,11 +98,17 @@ def _pod_budget(spec: dict) -> tuple[int, int, int, int]:
     return totals[0], totals[1], totals[2], totals[3]
 
 
-def test_quota_covers_server_all_clients_and_the_rollout_surge(stack: Declared) -> None:
+def test_quota_covers_server_all_clients_the_surge_and_terminating_clients(stack: Declared) -> None:
+    """During a rollout or a drain, replacements start while the Pods they replace still terminate, and
+    a terminating Pod counts against the quota until it is gone: without room for them, the next surge
+    Pod is refused (exceeded quota) and the rollout stalls. Room for one rollout step (maxSurge +
+    maxUnavailable) or one drain's worth of evictions (the budget's maxUnavailable) still terminating."""
     hard = stack.one("ResourceQuota")["spec"]["hard"]
     dep = stack.client_deployment
-    surge = dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
-    client_pods = dep["spec"]["replicas"] + surge
+    rolling = dep["spec"]["strategy"]["rollingUpdate"]
+    surge, step = rolling["maxSurge"], rolling["maxSurge"] + rolling["maxUnavailable"]
+    drain = stack.one("PodDisruptionBudget")["spec"]["maxUnavailable"]
+    client_pods = dep["spec"]["replicas"] + surge + max(step, drain)
     server, client = _pod_budget(stack.server_pod["spec"]), _pod_budget(pod_spec(dep) or {})
     need = [s + client_pods * c for s, c in zip(server, client, strict=True)]
     have = [

@@ -4,20 +4,26 @@ stack configures it) the monitoring namespace -> server metrics. Evaluated with 
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from typing import Any, NamedTuple
 
 from infra_stacks import Declared
 
 from infra.manifests import pod_labels
+from infra.mocked import run_program, stack_config
+from infra.stack_config import parse
 
 NS_LABEL = "kubernetes.io/metadata.name"
 
 
 class Pod(NamedTuple):
+    """An endpoint: a Pod (namespace, labels, its IP) or, with namespace "", an address that is no Pod."""
+
     name: str
     namespace: str
     labels: dict[str, str]
+    ip: str | None = None
 
 
 def _matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
@@ -28,7 +34,15 @@ def _matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
 
 def _peer_admits(peer: dict[str, Any], policy_ns: str, pod: Pod) -> bool:
     if "ipBlock" in peer:
-        raise AssertionError("ipBlock peers would admit traffic this evaluator cannot see")
+        block = peer["ipBlock"]
+        if pod.ip is None:
+            raise AssertionError(f"ipBlock {block} against {pod.name}, which has no address in this world")
+        ip = ipaddress.ip_address(pod.ip)
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(
+            ip in ipaddress.ip_network(x) for x in block.get("except") or []
+        )
+    if not pod.namespace:
+        return False  # no Pod: only an ipBlock reaches it
     if "namespaceSelector" in peer:
         in_ns = _matches(peer["namespaceSelector"], {NS_LABEL: pod.namespace})
     else:
@@ -65,6 +79,7 @@ def _side_admits(policies: list[dict], direction: str, me: Pod, peer: Pod, port:
 
 
 def admitted(policies: list[dict], pods: list[Pod], ports: list[int], namespace: str) -> set[tuple]:
+    """(source, destination, port, protocol) for every connection both sides' policies admit."""
     out = set()
     for src, dst in itertools.permutations(pods, 2):
         if namespace not in (src.namespace, dst.namespace):
@@ -80,11 +95,11 @@ def admitted(policies: list[dict], pods: list[Pod], ports: list[int], namespace:
 def _world(stack: Declared) -> list[Pod]:
     ns = stack.cfg.deployment.namespace
     return [
-        Pod("server", ns, stack.server_pod["metadata"]["labels"]),
-        Pod("client", ns, pod_labels(stack.client_deployment)),
-        Pod("stray", ns, {"app": "debug"}),
-        Pod("dns", "kube-system", {"k8s-app": "kube-dns"}),
-        Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}),
+        Pod("server", ns, stack.server_pod["metadata"]["labels"], "10.244.1.10"),
+        Pod("client", ns, pod_labels(stack.client_deployment), "10.244.2.11"),
+        Pod("stray", ns, {"app": "debug"}, "10.244.1.12"),
+        Pod("dns", "kube-system", {"k8s-app": "kube-dns"}, "10.244.0.5"),
+        Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}, "10.244.0.7"),
         Pod(
             "outsider",
             "default",
@@ -93,8 +108,19 @@ def _world(stack: Declared) -> list[Pod]:
                 "app.kubernetes.io/component": "client",
                 "app.kubernetes.io/instance": "tff-k8s",
             },
+            "10.244.2.20",
         ),
+        Pod("node-local-dns", "", {}, ip="169.254.20.10"),  # a node's DNS cache: no Pod, an address
+        Pod("internet", "", {}, ip="93.184.216.34"),
     ]
+
+
+def _with_dns_cidrs(stack: str, cidrs: list[str]) -> Declared:
+    raw = stack_config(stack)
+    deployment = dict(raw["tff-k8s:deployment"])
+    deployment["network"] = {**deployment.get("network", {}), "dns_cidrs": cidrs}
+    run = run_program(stack, overrides={"tff-k8s:deployment": deployment})
+    return Declared(stack, run, parse(deployment, raw["tff-k8s:federation"]))
 
 
 def test_policies_admit_exactly_dns_and_client_to_server(stack: Declared) -> None:
@@ -106,6 +132,25 @@ def test_policies_admit_exactly_dns_and_client_to_server(stack: Declared) -> Non
     if stack.cfg.deployment.network.metrics_from is not None:
         want.add(("prometheus", "server", fed.server.metrics_port, "TCP"))
     assert got == want, {"unexpected": got - want, "missing": want - got}
+
+
+def test_dns_cidrs_admit_node_local_dns_on_port_53_and_nothing_else(stack: Declared) -> None:
+    """A node-local DNS cache listens on a link-local address, not in a Pod a selector can name: with
+    deployment.network.dns_cidrs the namespace's Pods reach it on port 53, and only there."""
+    fed = stack.cfg.federation
+    ports = [53, fed.server.port, 443, 8080]
+    namespace = stack.cfg.deployment.namespace
+    before = admitted(stack.kind("NetworkPolicy"), _world(stack), ports, namespace)
+    opened = _with_dns_cidrs(stack.stack, ["169.254.20.10"])  # a bare address: /32
+    after = admitted(opened.kind("NetworkPolicy"), _world(opened), ports, namespace)
+    new = {
+        (pod, "node-local-dns", 53, proto)
+        for pod in ("server", "client", "stray")
+        for proto in ("TCP", "UDP")
+    }
+    assert after - before == new and before <= after
+    (dns,) = [p for p in opened.kind("NetworkPolicy") if p["metadata"]["name"].endswith("-allow-dns")]
+    assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in dns["spec"]["egress"][0]["to"]
 
 
 def test_default_deny_covers_every_pod_both_ways(stack: Declared) -> None:

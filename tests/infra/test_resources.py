@@ -6,10 +6,16 @@ import runpy
 import subprocess
 import sys
 
-from infra_stacks import Declared
+import kubernetes_validate
+from infra_stacks import Declared, declared
+from kubernetes_validate import utils
 
-from infra.mocked import REPO_ROOT, run_program
+from infra.manifests import pod_spec, to_manifest
+from infra.mocked import REPO_ROOT, MockedRun, run_program, stack_config
 from infra.quantity import byte_count
+from infra.stack_config import StackConfigError
+from infra.stack_inputs import IMAGE_REF_ENV
+from policy.checks import evictable
 
 EXPECTED_KINDS = {
     "Namespace": 1,
@@ -112,6 +118,16 @@ def test_config_change_renames_the_config_map() -> None:
     assert name(before) != name(after)
 
 
+def test_workloads_wait_for_the_quota_and_the_limit_range(stack: Declared) -> None:
+    """Explicit edges: a raised quota or changed limits land before the Pods (and the claim) that need
+    them are created or updated; on destroy the workloads go first."""
+    budget = {r.urn for r in stack.run.resources if r.type.endswith((":ResourceQuota", ":LimitRange"))}
+    assert len(budget) == 2
+    for type_ in ("core/v1:Pod", "apps/v1:Deployment", "core/v1:PersistentVolumeClaim"):
+        workload = stack.run.one(f"kubernetes:{type_}")
+        assert budget <= set(workload.dependencies), (type_, workload.dependencies)
+
+
 def test_server_pod_keeps_checkpoints_on_a_claim(stack: Declared) -> None:
     claim = stack.one("PersistentVolumeClaim")
     storage = stack.cfg.deployment.server.storage
@@ -157,13 +173,73 @@ def test_image_and_pull_policy(stack: Declared) -> None:
         assert "@sha256:" in server["image"]
 
 
-def test_pod_disruption_budget_keeps_a_quorum(stack: Declared) -> None:
+def _images(run: MockedRun) -> tuple[str, str]:
+    pod = run.one("kubernetes:core/v1:Pod").inputs["spec"]["containers"][0]["image"]
+    dep = run.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+    return pod, dep
+
+
+def test_a_rebuilt_dev_image_changes_both_pod_specs() -> None:
+    """`make up-dev` passes the content tag of the image it built (TFF_K8S_IMAGE_REF): a rebuild is a
+    new reference in the server Pod and the client template, so Pulumi rolls both."""
+    first = run_program("dev", environ={IMAGE_REF_ENV: "tff-k8s:a1a1a1a1a1a1"})
+    second = run_program("dev", environ={IMAGE_REF_ENV: "tff-k8s:b2b2b2b2b2b2"})
+    assert _images(first) == ("tff-k8s:a1a1a1a1a1a1",) * 2
+    assert _images(second) == ("tff-k8s:b2b2b2b2b2b2",) * 2
+    assert second.outputs["image"] == "tff-k8s:b2b2b2b2b2b2"
+    assert _images(run_program("dev")) == ("tff-k8s:dev",) * 2, "no variable: the stack file's reference"
+
+
+def test_the_image_override_is_for_dev_stacks_only() -> None:
+    run = run_program("prod", environ={IMAGE_REF_ENV: f"ghcr.io/x/tff-k8s@sha256:{'c' * 64}"}, check=False)
+    assert isinstance(run.error, StackConfigError)
+    assert f"{IMAGE_REF_ENV}: overrides deployment.image.ref on dev stacks only" in str(run.error)
+    assert not [r for r in run.resources if r.type.startswith("kubernetes:")]
+
+
+def test_a_bad_image_override_is_named() -> None:
+    run = run_program("dev", environ={IMAGE_REF_ENV: "tff-k8s:latest"}, check=False)
+    message = str(run.error)
+    assert "deployment.image.ref:" in message and "latest" in message and IMAGE_REF_ENV in message
+
+
+def test_committed_stacks_need_no_pull_secret(stack: Declared) -> None:
+    for workload in (stack.server_pod, stack.client_deployment):
+        assert "imagePullSecrets" not in pod_spec(workload)  # type: ignore[operator]
+
+
+def test_private_registry_pull_secrets_reach_both_pod_specs() -> None:
+    raw = stack_config("prod")["tff-k8s:deployment"]
+    deployment = {**raw, "image": {**raw["image"], "pull_secrets": ["ghcr-pull", "mirror.example-pull"]}}
+    run = run_program("prod", overrides={"tff-k8s:deployment": deployment})
+    pod = run.one("kubernetes:core/v1:Pod").inputs
+    dep = run.one("kubernetes:apps/v1:Deployment").inputs
+    want = [{"name": "ghcr-pull"}, {"name": "mirror.example-pull"}]
+    assert pod["spec"]["imagePullSecrets"] == want
+    assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == want
+    newest = utils.major_minor(utils.latest_version())
+    for manifest in (to_manifest(r) for r in run.resources if r.type.endswith((":Pod", ":Deployment"))):
+        kubernetes_validate.validate(manifest, newest, strict=True)
+
+
+def test_a_node_drain_can_always_evict_a_client(stack: Declared) -> None:
+    """A budget that allows no eviction (dev had minAvailable 3 of 3 replicas) makes every node drain
+    hang. The budget lets at least one client go, and clients that are not Ready (e.g. while the
+    server restarts) may be evicted whatever the budget says."""
     pdb = stack.one("PodDisruptionBudget")
-    c, training = stack.cfg.deployment.clients, stack.cfg.federation.training
-    floor = c.min_available if c.min_available is not None else training.min_clients
-    assert pdb["spec"]["minAvailable"] == floor
-    assert training.min_clients <= floor <= c.replicas  # evictions never starve a round
-    assert pdb["spec"]["selector"] == stack.client_deployment["spec"]["selector"]
+    dep = stack.client_deployment
+    assert evictable(pdb["spec"], dep["spec"]["replicas"]) == stack.cfg.deployment.clients.max_disrupted >= 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["selector"] == dep["spec"]["selector"]
+
+
+def test_prod_drains_leave_enough_clients_for_a_round() -> None:
+    """prod's budget is sized to its quorum: a drain evicts no more clients than rounds can spare. (dev
+    runs exactly min_clients replicas: a drain pauses its rounds until the evicted client is back.)"""
+    prod = declared("prod")
+    replicas = prod.client_deployment["spec"]["replicas"]
+    left = replicas - evictable(prod.one("PodDisruptionBudget")["spec"], replicas)  # type: ignore[operator]
+    assert left >= prod.cfg.federation.training.min_clients
 
 
 def test_stack_outputs(stack: Declared) -> None:

@@ -38,6 +38,7 @@ from infra.mocked import run_program, stack_config
 from policy import checks
 from policy.tff_policies import (
     CONTAINER_RESOURCES,
+    DISRUPTION_BUDGETS_ALLOW_EVICTION,
     IMAGES_PINNED,
     NAMESPACE_DEFAULT_DENY,
     NO_LOAD_BALANCER,
@@ -65,6 +66,7 @@ def test_the_pack_has_every_mandatory_policy_once() -> None:
         "recommended-labels",
         "namespace-default-deny",
         "server-checkpoint-volume",
+        "disruption-budgets-allow-eviction",
     }
     assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES)
 
@@ -422,3 +424,55 @@ def test_a_server_stateful_set_may_use_claim_templates() -> None:
     assert stack_violations(SERVER_CHECKPOINT_VOLUME, resources) == []
     del stateful_set["spec"]["volumeClaimTemplates"]
     assert stack_violations(SERVER_CHECKPOINT_VOLUME, resources)
+
+
+# --- disruption-budgets-allow-eviction (stack) --------------------------------------------------------
+
+PDB = "kubernetes:policy/v1:PodDisruptionBudget"
+
+
+def _budget(**spec: Any) -> dict[str, Any]:
+    selector = {"matchLabels": deployment()["spec"]["selector"]["matchLabels"]}
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": metadata("tff-client"),
+            "spec": {"selector": selector, **spec}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "evictable"),
+    [
+        ({"minAvailable": 2}, 1),
+        ({"minAvailable": "50%"}, 1),  # 1.5 rounds up to 2 must stay
+        ({"maxUnavailable": 1}, 1),
+        ({"maxUnavailable": "10%"}, 1),  # 0.3 rounds up to 1
+        ({"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}, 1),
+    ],
+)
+def test_a_budget_that_lets_a_drain_evict_passes(spec: dict[str, Any], evictable: int) -> None:
+    assert checks.evictable(spec, 3) == evictable
+    assert stack_violations(DISRUPTION_BUDGETS_ALLOW_EVICTION, [*compliant_stack(), (PDB, _budget(**spec))]) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "rule"),
+    [
+        ({"minAvailable": 3}, "minAvailable: 3"),
+        ({"minAvailable": "100%"}, "minAvailable: 100%"),
+        ({"minAvailable": "90%"}, "minAvailable: 90%"),  # 2.7 rounds up to 3 of 3
+        ({"maxUnavailable": 0}, "maxUnavailable: 0"),
+    ],
+)
+def test_a_budget_that_lets_no_drain_finish_fails(spec: dict[str, Any], rule: str) -> None:
+    found = stack_violations(DISRUPTION_BUDGETS_ALLOW_EVICTION, [*compliant_stack(), (PDB, _budget(**spec))])
+    assert len(found) == 1
+    assert "PodDisruptionBudget tff-k8s/tff-client lets no eviction take any of the 3 Pods" in found[0].message
+    assert f"Deployment tff-k8s/tff-client ({rule})" in found[0].message
+    assert found[0].urn.endswith(f"{PDB}::tff-client")
+
+
+def test_a_budget_is_judged_against_the_workloads_it_selects_only() -> None:
+    server_only = _budget(minAvailable=3)
+    server_only["spec"]["selector"] = {"matchLabels": {"app.kubernetes.io/component": "server"}}
+    elsewhere = _budget(minAvailable=3)
+    elsewhere["metadata"]["namespace"] = "other"
+    for budget in (server_only, elsewhere):
+        assert stack_violations(DISRUPTION_BUDGETS_ALLOW_EVICTION, [*compliant_stack(), (PDB, budget)]) == []

@@ -48,6 +48,17 @@ def make_targets() -> dict[str, list[str]]:
     return targets
 
 
+def make_variable(name: str) -> str:
+    """A simple (``:=``/``?=``/``=``) variable of infra/k8s.mk, e.g. ``KIND_MIN_VERSION``."""
+    match = re.search(rf"^{name}\s*[:?]?=\s*(\S+)\s*$", (REPO_ROOT / "infra" / "k8s.mk").read_text(), re.M)
+    assert match, f"infra/k8s.mk sets no {name}"
+    return match[1]
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.removeprefix("v").split("."))
+
+
 def stacks() -> set[str]:
     return {p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in REPO_ROOT.glob("Pulumi.*.yaml")}
 
@@ -192,7 +203,7 @@ def workflow_problems(workflow: dict[str, Any], text: str) -> list[str]:
 # --- the repository's workflows --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ci.yml", "preview.yml", "up.yml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in WORKFLOWS.glob("*.y*ml")))
 def test_workflows_run_only_what_the_repository_has(name: str) -> None:
     text = (WORKFLOWS / name).read_text()
     assert workflow_problems(yaml.safe_load(text), text) == []
@@ -215,6 +226,26 @@ def test_ci_runs_lint_types_and_the_readme_test_command_on_python_311() -> None:
     assert mypy and {"services", "infra", "policy"} <= set(mypy[0])
 
 
+def test_kind_is_pinned_to_a_release_whose_network_policies_let_probes_through() -> None:
+    """kind < 0.28 drops the kubelet's probes under a default-deny policy (kind#3875): every workflow
+    that installs kind pins its version, at or above the minimum infra/k8s.mk enforces for users."""
+    minimum = version(make_variable("KIND_MIN_VERSION"))
+    assert minimum >= (0, 28, 0)
+    installs = [
+        (name, step.get("with") or {})
+        for path in sorted(WORKFLOWS.glob("*.y*ml"))
+        for name, step in steps(load(path.name))
+        if step.get("uses", "").startswith("helm/kind-action@")
+    ]
+    assert installs, "no workflow installs kind"
+    for job, inputs in installs:
+        assert "version" in inputs, f"{job}: helm/kind-action without `version:` installs its own default"
+        assert version(str(inputs["version"])) >= minimum, (job, inputs["version"])
+        assert str(inputs.get("kubectl_version", "")).startswith("v1."), f"{job}: pin kubectl with kind"
+    docs = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    assert f"kind](https://kind.sigs.k8s.io/) >= {make_variable('KIND_MIN_VERSION')}" in docs
+
+
 def test_preview_runs_the_policy_pack_on_pull_requests_for_every_stack() -> None:
     preview = load("preview.yml")
     assert set(triggers(preview)) == {"pull_request"}
@@ -227,18 +258,37 @@ def test_preview_runs_the_policy_pack_on_pull_requests_for_every_stack() -> None
     assert preview["permissions"]["pull-requests"] == "write"
 
 
-def test_preview_dev_builds_and_loads_images_into_a_kind_cluster_first() -> None:
-    preview = load("preview.yml")
+def _dev_flow(workflow: dict[str, Any]) -> list[str]:
+    """The dev job's make targets and kind/pulumi actions, in the order they run."""
     order = []
-    for job, step in steps(preview):
+    for job, step in steps(workflow):
         if job != "dev":
             continue
         if "run" in step:
             order += [t for w in commands(step["run"]) if w[0] == "make" for t in w[1:]]
+            order += ["$GITHUB_ENV"] if "$GITHUB_ENV" in step["run"] else []
         if step.get("uses", "").startswith(("helm/kind-action@", "pulumi/actions@")):
             order.append(step["uses"].split("@")[0])
+    return order
+
+
+def test_preview_dev_creates_a_kind_cluster_but_builds_and_loads_no_image() -> None:
+    """A preview starts no Pods: building the 2.4 GB image and loading it into kind would be wasted."""
+    order = _dev_flow(load("preview.yml"))
+    assert order.index("helm/kind-action") < order.index("kind-up") < order.index("pulumi/actions")
+    assert "images" not in order and "kind-load" not in order
+
+
+def test_up_dev_deploys_the_image_it_built_by_its_content_tag() -> None:
+    """up.yml runs the Pods: it builds the image, loads it, and hands its content tag to the program."""
+    up = load("up.yml")
+    order = _dev_flow(up)
     assert order.index("helm/kind-action") < order.index("kind-up") < order.index("images")
-    assert order.index("images") < order.index("kind-load") < order.index("pulumi/actions")
+    assert order.index("images") < order.index("kind-load") < order.index("$GITHUB_ENV")
+    assert order.index("$GITHUB_ENV") < order.index("pulumi/actions")
+    (export,) = [s["run"] for job, s in steps(up) if job == "dev" and "$GITHUB_ENV" in s.get("run", "")]
+    assert export.strip() == 'echo "TFF_K8S_IMAGE_REF=$(make -s image-ref)" >> "$GITHUB_ENV"'
+    assert "image-ref" in make_targets()
 
 
 def test_preview_prod_needs_credentials_and_is_skipped_without_them() -> None:
@@ -264,6 +314,45 @@ def test_up_is_manual_and_offers_exactly_the_committed_stacks() -> None:
         s["with"]["command"] for _, s in steps(up) if s.get("uses", "").startswith("pulumi/actions@")
     ]
     assert commands_run == ["up", "up"]
+
+
+def test_publish_builds_the_one_image_once_pushes_it_to_ghcr_and_proposes_its_digest() -> None:
+    """prod's image: one build of services/Dockerfile, pushed to this repository's registry, and its
+    digest written into Pulumi.prod.yaml by a pull request (a reviewed change), never deployed from here."""
+    text = (WORKFLOWS / "publish.yml").read_text()
+    publish = yaml.safe_load(text)
+    on = triggers(publish)
+    assert set(on) <= {"push", "workflow_dispatch"} and on["push"]["tags"], "publishes releases, not PRs"
+    builds = [(job, s["with"]) for job, s in steps(publish) if s.get("uses", "").startswith("docker/build-push-action@")]
+    assert len(builds) == 1, "one image serves both roles: build it once"
+    job, build = builds[0]
+    assert build["file"] == "services/Dockerfile" and (REPO_ROOT / build["file"]).is_file()
+    assert build["context"] == "." and build["push"] is True
+    assert "docker build" not in text and "pulumi/actions" not in text, "no other build, no deploy"
+    name_step = next(s for j, s in steps(publish) if j == job and s.get("id") == "name")
+    assert 'IMAGE="ghcr.io/${GITHUB_REPOSITORY,,}"' in name_step["run"], "this repository's registry"
+    assert build["tags"].startswith("${{ steps.name.outputs.image }}:")
+    login = next(s["with"] for j, s in steps(publish) if s.get("uses", "").startswith("docker/login-action@"))
+    assert login["registry"] == "ghcr.io" and login["password"] == "${{ secrets.GITHUB_TOKEN }}"
+    # the digest the build pushed is what the pull request pins
+    pushed = next(s for j, s in steps(publish) if j == job and s.get("id") == "pushed")
+    assert pushed["env"]["REF"].endswith("@${{ steps.build.outputs.digest }}")
+    assert publish["jobs"][job]["outputs"]["ref"] == "${{ steps.pushed.outputs.ref }}"
+    (propose,) = [j for j, spec in publish["jobs"].items() if spec.get("needs") == job]
+    pin = next(s for j, s in steps(publish) if j == propose and "infra.pin_image" in s.get("run", ""))
+    assert pin["env"]["REF"] == f"${{{{ needs.{job}.outputs.ref }}}}"
+    assert ["python", "-m", "infra.pin_image", "--stack", "prod", "--ref", "$REF"] == _uv_run(
+        next(commands(pin["run"]))
+    )[-7:]
+    pr = next(
+        s["with"] for j, s in steps(publish) if j == propose and s.get("uses", "").startswith("peter-evans/")
+    )
+    assert pr["add-paths"] == "Pulumi.prod.yaml"
+    assert pr["base"] == "${{ github.event.repository.default_branch }}"
+    # least privilege: read-only by default; each job gets only what it writes
+    assert publish["permissions"] == {"contents": "read"}
+    assert publish["jobs"][job]["permissions"] == {"contents": "read", "packages": "write"}
+    assert publish["jobs"][propose]["permissions"] == {"contents": "write", "pull-requests": "write"}
 
 
 # --- the checker catches what it should ------------------------------------------------------------
