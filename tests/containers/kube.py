@@ -52,6 +52,8 @@ TRANSFORMS = {
     "by every pod that names it (and ignores sizeLimit and medium): each pod's emptyDir is renamed after "
     "the pod, and a Deployment of N replicas is played as N one-replica Deployments, so every pod gets "
     "its own /tmp as on a cluster",
+    "annotation values": "cut to 63 characters: podman 4.3 applies the label-value limit to annotations "
+    "(Kubernetes limits only their total size), and refuses the Pods' 64-character secrets hash",
     "checkpoint claim": "the server's PersistentVolumeClaim is a directory the test owns (hostPath), so "
     "the test reads metrics.jsonl and the model where the server wrote them",
     "not played": "Namespace, Service, NetworkPolicy, ResourceQuota, LimitRange, ServiceAccount and "
@@ -118,6 +120,9 @@ def for_podman(manifests: list[dict[str, Any]], *, image: str, files: PodmanFile
             continue
         m = copy.deepcopy(original)
         spec = _pod_spec(m)
+        for meta in (m["metadata"], m["spec"].get("template", {}).get("metadata", {})):
+            if meta.get("annotations"):
+                meta["annotations"] = {k: str(v)[:63] for k, v in meta["annotations"].items()}
         for container in spec["containers"]:
             container["image"] = image
             container["imagePullPolicy"] = "Never"

@@ -188,6 +188,7 @@ def test_killed_client_and_server_containers_do_not_stop_training(deploy: Any, f
     wait_for("the killed client restarted", lambda: next(
         c for c in fed.clients() if c.name == victim.name).restarts >= 1, 120, fed.play)
     wait_for("training past the client kill", lambda: fed.round_reached(at_client_kill + 3), 300, fed.play)
+    run_started = fed.run_state()["started_at"]
     os.kill(fed.server().state["Pid"], 9)
     at_server_kill = len(records(fed.claim))
     wait_for("the server restarted", lambda: fed.server().restarts >= 1, 120, fed.play)
@@ -195,7 +196,7 @@ def test_killed_client_and_server_containers_do_not_stop_training(deploy: Any, f
     done = records(fed.claim)
     assert [r["round"] for r in done] == list(range(1, fed.rounds + 1)), "every round applied exactly once"
     assert done[-1]["eval_accuracy"] >= ACCURACY, done[-1]
-    assert "resumed from checkpoint" in fed.play.logs(fed.server().name, tail=-1)
+    assert fed.run_state()["started_at"] == run_started, "the restarted server resumed the run on its volume"
     faults.record("containers", "client container killed (SIGKILL to its init) mid-training",
                   f"killed {victim.pod} at round {at_client_kill} of {fed.rounds}",
                   "restarted by its restart policy; training goes on and completes",
