@@ -36,7 +36,9 @@ ADAPTIVE = {"initial": 0.1, "target_quantile": 0.5, "learning_rate": 0.2}
 
 
 class GaussianNoise:
-    """Adds N(0, stddev^2) to every number of an array, in place, in float32 blocks."""
+    """Adds N(0, stddev^2) to every number of an array (any shape, a scalar too), in place, in
+    float32 blocks. Called once per tensor of the sum, in the layout's order, then once for the
+    unclipped count (adaptive clipping), as TFF draws them."""
 
     def __init__(self, rng: np.random.Generator | None = None) -> None:
         self.rng = rng or np.random.default_rng()
@@ -119,7 +121,7 @@ class DifferentiallyPrivate(Aggregator):
         if self.adaptive:
             unclipped = np.array(sum(F32(c.notes["clip_below"]) - F32(0.5) for c in contributions), F32)
             if p.clipped_count_stddev > 0:
-                self.noise(unclipped.reshape(1), p.clipped_count_stddev)
+                self.noise(unclipped, p.clipped_count_stddev)
             fraction = F32(F32(unclipped / F32(p.clients_per_round)) + F32(0.5))
             next_state["clipping_norm"] = self.clipping.next(clip, fraction)
         measurements |= {
