@@ -16,7 +16,7 @@ count. The TFF references run in a :class:`TffRuntime` (TFF's ``worker_binary``)
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 from tensorflow_federated.python.learning import model_update_aggregator
 from tensorflow_privacy.privacy.dp_query import gaussian_query
 
@@ -45,16 +44,6 @@ TOL = 1e-5
 SEED = 7
 
 Result = tuple[list[np.ndarray], float]
-
-
-@pytest.fixture(scope="module")
-def runtime() -> Iterator[TffRuntime]:
-    before = context_stack_impl.context_stack.current
-    try:
-        with TffRuntime() as rt:
-            yield rt
-    finally:  # not a context whose worker is gone, for whatever runs after this module
-        context_stack_impl.context_stack.set_default_context(before)
 
 
 def round_results(r: int) -> list[Result]:

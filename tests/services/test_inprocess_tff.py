@@ -12,14 +12,12 @@ first and every other object is built from that task."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 from services.client.trainer import ClientUpdate
 from services.common import chunking, tensors
@@ -42,16 +40,6 @@ def task() -> Task:
     t = Task(TRAINING, ModelSettings())
     t.weights_type, t.result_type  # noqa: B018 (trace the client work first: see the module doc)
     return t
-
-
-@pytest.fixture(scope="module")
-def runtime() -> Iterator[TffRuntime]:
-    before = context_stack_impl.context_stack.current
-    try:
-        with TffRuntime() as rt:
-            yield rt
-    finally:  # not a context whose worker is gone, for whatever runs after this module
-        context_stack_impl.context_stack.set_default_context(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.server.aggregation.interface import Aggregator, Contribution, Norms, Outcome, State
+from services.server.aggregation.mean import divide_by_weight
 from services.server.aggregation.quantile import ROBUST_CLIPPING, ZEROING, exact_fraction
 
 
@@ -51,11 +52,7 @@ class Robust(Aggregator):
         return Contribution(0.0 if zeroed else float(np.float32(norms.weight) * scale), notes)
 
     def finish(self, state: State, total: list[np.ndarray], contributions: list[Contribution]) -> Outcome:
-        weight = np.float32(0)
-        for c in contributions:
-            weight = np.float32(weight + np.float32(c.notes["weight"]))
-        for part in total:
-            part /= weight
+        weight = divide_by_weight(total, contributions)
         zeroing_estimate, measurements = zeroing_next(state, contributions)
         clipping_norm = ROBUST_CLIPPING.next(state["clipping_norm"],
                                              exact_fraction([bool(c.notes["clip_below"]) for c in contributions]))
