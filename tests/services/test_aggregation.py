@@ -367,3 +367,42 @@ def test_state_decoding_refuses_what_is_not_the_aggregators_state() -> None:
     with pytest.raises(LayoutError, match="finite numbers > 0"):
         agg.decode_state(np.array([1.0, -2.0], "<f4").tobytes())
     assert Mean(LAYOUT, Slots(1)).decode_state(b"") == {}
+
+
+# ---- work on the round's sum while results stream in (the DP noise) --------------------------------
+def test_prepared_work_adds_to_the_sum_between_commits_and_finish_waits_for_it() -> None:
+    """Work started with the round (dp draws its noise so) adds to the sum block by block under the
+    round's lock while results are committed: nothing is lost either way, and finish waits for it."""
+    rnd = mean_round()
+    started, release = threading.Event(), threading.Event()
+
+    def add_ones(sums: list[np.ndarray], lock: threading.Lock) -> None:
+        started.set()
+        assert release.wait(WAIT)
+        for part in sums:
+            flat = part.reshape(-1)
+            for i in range(flat.size):
+                with lock:
+                    flat[i] += np.float32(1)
+
+    rnd.prepare(add_ones)
+    assert started.wait(WAIT)
+    (u0, w0), (u1, w1) = VALID
+    deliver(rnd, payload(u0, w0), w0, client="v0")
+    release.set()
+    deliver(rnd, payload(u1, w1), w1, client="v1")
+    expected = [(w0 * a.astype(np.float64) + w1 * b + 1) / (w0 + w1) for a, b in zip(u0, u1, strict=True)]
+    assert max_diff(update_of(rnd), expected) < 1e-5
+
+
+def test_prepared_work_that_fails_fails_the_round() -> None:
+    rnd = mean_round()
+
+    def broken(sums: list[np.ndarray], lock: threading.Lock) -> None:
+        raise OSError("no entropy")
+
+    rnd.prepare(broken)
+    (u0, w0), _ = VALID
+    deliver(rnd, payload(u0, w0), w0)
+    with pytest.raises(OSError, match="no entropy"):
+        rnd.finish()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 from unittest import mock
 
@@ -90,9 +91,11 @@ class SeededNoise:
     def draw(self, shape: Any, k: int, dtype: Any = tf.float32) -> tf.Tensor:
         return tf.random.stateless_normal(shape, seed=[SEED, k], dtype=dtype)
 
-    def __call__(self, array: np.ndarray, stddev: float) -> None:  # ours
+    def __call__(self, array: np.ndarray, stddev: float, lock: AbstractContextManager[object]) -> None:  # ours
         k = next(self.counter) % self.calls_per_round
-        array += (np.float32(stddev) * self.draw(array.shape, k).numpy()).astype(array.dtype)
+        noise = (np.float32(stddev) * self.draw(array.shape, k).numpy()).astype(array.dtype)
+        with lock:
+            array += noise
 
     def patch_tff(self) -> Any:
         """While TFF traces a DP aggregator: its noise initializer draws the same."""
@@ -194,6 +197,6 @@ def test_dp_noise_is_gaussian_with_the_mechanisms_stddev() -> None:
     from services.server.aggregation.dp import GaussianNoise
 
     a = np.zeros((3, 1 << 20), np.float32)  # several blocks
-    GaussianNoise(np.random.default_rng(0))(a, 0.25)
+    GaussianNoise(np.random.default_rng(0))(a, 0.25, nullcontext())
     assert abs(float(a.mean())) < 1e-3 and float(a.std()) == pytest.approx(0.25, rel=1e-2)
     assert len(np.unique(a[:, :1000])) == 3000  # no block repeats another

@@ -14,17 +14,30 @@ noise multiplier the values get the slightly larger ``z = (nm^-2 - (2 x that)^-2
 ``adaptive_clip_noise_params``). With a noise multiplier of 0 nothing is noised.
 
 The noise comes from :class:`GaussianNoise`, seeded from the operating system: DP noise must not be
-reproducible from the config. Tests hand in their own source to compare with TFF."""
+reproducible from the config. Tests hand in their own source to compare with TFF. Its standard
+deviation is fixed when the round opens (from the round's clip), so it is drawn into the round's
+running sum on a thread of its own while the clients train and upload, off the round's critical
+path and without a model-sized buffer of its own (the sum is the same either way: addition
+commutes)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
 from services.common import tensors
-from services.server.aggregation.interface import Aggregator, Contribution, Norms, Outcome, State
+from services.server.aggregation.interface import (
+    Aggregator,
+    Contribution,
+    Norms,
+    Outcome,
+    RoundAggregation,
+    State,
+)
 from services.server.aggregation.quantile import ZEROING, Estimate
 from services.server.aggregation.robust import zeroing, zeroing_next
 from services.server.aggregation.staging import Slots
@@ -37,20 +50,24 @@ ADAPTIVE = {"initial": 0.1, "target_quantile": 0.5, "learning_rate": 0.2}
 
 class GaussianNoise:
     """Adds N(0, stddev^2) to every number of an array (any shape, a scalar too), in place, in
-    float32 blocks. Called once per tensor of the sum, in the layout's order, then once for the
-    unclipped count (adaptive clipping), as TFF draws them."""
+    float32 blocks, each drawn outside ``lock`` and added under it. Called once per tensor of the
+    sum, in the layout's order, then once for the unclipped count (adaptive clipping), as TFF draws
+    them."""
 
     def __init__(self, rng: np.random.Generator | None = None) -> None:
-        self.rng = rng or np.random.default_rng()
+        self.rng = rng or np.random.default_rng()  # its methods are thread-safe (the bit generator's lock)
 
-    def __call__(self, array: np.ndarray, stddev: float) -> None:
+    def __call__(self, array: np.ndarray, stddev: float, lock: AbstractContextManager[object]) -> None:
         flat = array.reshape(-1)
         for start in range(0, flat.size, BLOCK):
             block = flat[start : start + BLOCK]
-            block += self.rng.standard_normal(block.size, dtype=F32) * F32(stddev)
+            noise = self.rng.standard_normal(block.size, dtype=F32)
+            noise *= F32(stddev)
+            with lock:
+                block += noise
 
 
-Noise = Callable[[np.ndarray, float], None]
+Noise = Callable[[np.ndarray, float, AbstractContextManager[object]], None]
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,22 @@ class DifferentiallyPrivate(Aggregator):
             state["clipping_norm"] = F32(self.clipping.initial)
         return state
 
+    def open_round(self, state: State) -> RoundAggregation:
+        """The round's sum starts filling with the noise at once (see the module doc)."""
+        rnd = super().open_round(state)
+        stddev = self.noise_stddev(state)
+        if stddev > 0:
+            def noise(sums: list[np.ndarray], lock: threading.Lock) -> None:  # GaussianSumQuery's
+                for part in sums:
+                    self.noise(part, float(stddev), lock)
+
+            rnd.prepare(noise)
+        return rnd
+
+    def noise_stddev(self, state: State) -> np.float32:
+        """Of the noise on each number of the sum: the value noise multiplier times the round's clip."""
+        return F32(F32(self.privacy.value_noise_multiplier) * self.clip(state))
+
     def clip(self, state: State) -> np.float32:
         if self.fixed_clip is None:
             return state["clipping_norm"]
@@ -110,18 +143,15 @@ class DifferentiallyPrivate(Aggregator):
         return Contribution(0.0 if zeroed else float(scale), notes)
 
     def finish(self, state: State, total: list[np.ndarray], contributions: list[Contribution]) -> Outcome:
-        p, clip = self.privacy, self.clip(state)
-        stddev = F32(F32(p.value_noise_multiplier) * clip)
-        for part in total:  # GaussianSumQuery, then NormalizedQuery by the expected count
-            if stddev > 0:
-                self.noise(part, float(stddev))
+        p, clip, stddev = self.privacy, self.clip(state), self.noise_stddev(state)
+        for part in total:  # the noised sum (GaussianSumQuery) divided by the expected count (NormalizedQuery)
             part /= F32(p.clients_per_round)
         zeroing_estimate, measurements = zeroing_next(state, contributions)
         next_state = {"zeroing_estimate": zeroing_estimate}
         if self.adaptive:
             unclipped = np.array(sum(F32(c.notes["clip_below"]) - F32(0.5) for c in contributions), F32)
             if p.clipped_count_stddev > 0:
-                self.noise(unclipped, p.clipped_count_stddev)
+                self.noise(unclipped, p.clipped_count_stddev, nullcontext())
             fraction = F32(F32(unclipped / F32(p.clients_per_round)) + F32(0.5))
             next_state["clipping_norm"] = self.clipping.next(clip, fraction)
         measurements |= {

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -104,6 +105,8 @@ class RoundAggregation:
         self.contributions: list[Contribution] = []
         self.closed = False
         self._lock = threading.Lock()
+        self._preparing: threading.Thread | None = None
+        self._prepare_error: BaseException | None = None
 
     @property
     def count(self) -> int:
@@ -139,6 +142,22 @@ class RoundAggregation:
             self.contributions.append(contribution)
         upload.release("committed")
 
+    def prepare(self, work: Callable[[list[np.ndarray], threading.Lock], None]) -> None:
+        """Run ``work(sums, lock)`` on a thread of its own while results stream in (the DP noise,
+        whose size is fixed when the round opens); it adds to the sums under ``lock``, a block at a
+        time, between commits. ``finish`` waits for it."""
+        assert self.sums is not None and self._preparing is None
+        sums = list(self.sums)
+
+        def run() -> None:
+            try:
+                work(sums, self._lock)
+            except BaseException as exc:  # raised again by finish()
+                self._prepare_error = exc
+
+        self._preparing = threading.Thread(target=run, name="round-prepare", daemon=True)
+        self._preparing.start()
+
     def close(self) -> None:
         """No more results: uploads still streaming in are refused from here on."""
         with self._lock:
@@ -153,5 +172,9 @@ class RoundAggregation:
             raise RuntimeError("finish() twice")
         if not self.contributions:
             raise RuntimeError("a round with no results has no update")
+        if self._preparing is not None:
+            self._preparing.join()
+            if self._prepare_error is not None:
+                raise self._prepare_error
         return self.aggregator.finish(self.state, total, list(self.contributions))
 
