@@ -15,13 +15,13 @@ import py_compile
 import sys
 
 # The modules each role's entrypoint imports, heavy ones included (TensorFlow, TFF, Keras, grpc,
-# scikit-learn's bundled digits, TFF's runtime for the robust and dp aggregators).
+# scikit-learn's bundled digits). No service runs TFF's execution context (services/common/tff_runtime.py
+# is the tests' reference runtime).
 ENTRY_MODULES = (
     "services.server.__main__",
     "services.server.app",
     "services.client.__main__",
     "services.client.app",
-    "services.common.tff_runtime",
     "sklearn.datasets",
 )
 

@@ -54,12 +54,13 @@ class ServerSettings(_Strict):
     )
     upload_slots: int = Field(
         2, ge=1, le=64,
-        description="robust and dp aggregators: client results the server receives at once (each is held "
-        "whole, and all are kept until the round ends). The mean aggregator uses none: it folds each result "
-        "in chunk by chunk as it streams in.",
+        description="Client results the server receives at once. Each is staged whole until it is accepted "
+        "(then added to the round's aggregate) or refused (then nothing of it counts); others wait for a slot. "
+        "The server holds about (3 + upload_slots) x the model, whatever the number of clients.",
     )
     tff_startup_timeout_s: float = Field(
-        120.0, gt=0, description="How long the TFF runtime may take to start before failing loudly."
+        120.0, gt=0, description="How long a service may take to start (TensorFlow and TFF load) before its "
+        "startup probe fails it.",
     )
     on_finish: Literal["serve", "exit"] = Field(
         "serve",
@@ -94,6 +95,10 @@ class TrainingSettings(_Strict):
     server_learning_rate: float = Field(1.0, gt=0, description="Server optimizer learning rate.")
     aggregator: Literal["mean", "robust", "dp"] = "mean"
     dp_noise_multiplier: float = Field(0.1, ge=0, description="Noise multiplier for the dp aggregator.")
+    dp_clip: float | None = Field(
+        None, gt=0, description="dp aggregator: a fixed L2 clip for each client's update (TFF's gaussian_fixed); "
+        "null: adaptive clipping towards the median norm (TFF's dp_aggregator, gaussian_adaptive).",
+    )
     seed: int = Field(0, ge=0, description="Seeds model init, client sampling and data partitioning.")
     run_id: str | None = Field(
         None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
@@ -117,6 +122,13 @@ class TrainingSettings(_Strict):
             raise ValueError(
                 f"min_results ({self.min_results}) must be <= clients_per_round "
                 f"({self.clients_per_round}): lower training.min_results"
+            )
+        nm = self.dp_noise_multiplier
+        if self.aggregator == "dp" and self.dp_clip is None and nm > 0 and nm >= 0.1 * self.clients_per_round:
+            # TFF's adaptive clipping noises the clipped count with 0.05 x clients_per_round (tff.learning.dp_aggregator)
+            raise ValueError(
+                f"dp_noise_multiplier {nm} needs clients_per_round > {nm / 0.1:g} with adaptive clipping: raise "
+                "training.clients_per_round, lower training.dp_noise_multiplier or set a fixed training.dp_clip"
             )
         return self
 

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 from services.common.config import ConfigError, config_from_argv
 from services.common.cpus import limit_tf_threads
@@ -68,31 +67,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     # before TensorFlow loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     limit_tf_threads()
-    from services.common.tff_runtime import TffRuntime  # heavy: TensorFlow + TFF
-    from services.server.app import FederationServer
+    from services.server.app import FederationServer  # heavy: TensorFlow + TFF
     from services.server.checkpoint import CheckpointError
 
-    # Only the robust and dp aggregators run TFF computations; the mean path runs in-process.
-    runtime = TffRuntime(cfg.server.tff_startup_timeout_s) if cfg.training.aggregator != "mean" else nullcontext()
+    # The server runs no TFF execution context (no worker_binary): the aggregators and the
+    # optimizer step are TFF's math run in this process.
     try:
-        with runtime:
-            try:
-                server = FederationServer(cfg, health)
-            except CheckpointError as exc:
-                log.error(str(exc))
-                return 2
-            if stopping:
-                return 0
-            server.start()
-            try:
-                if server.run():
-                    if cfg.server.on_finish == "serve":
-                        server.serve_finished()
-                    else:
-                        server.coordinator.wait_all_told_done(DONE_LINGER_S)
-                        log.info("training finished", extra={"fields": {"round": server.state.round}})
-            finally:
-                server.shutdown()
+        try:
+            server = FederationServer(cfg, health)
+        except CheckpointError as exc:
+            log.error(str(exc))
+            return 2
+        if stopping:
+            return 0
+        server.start()
+        try:
+            if server.run():
+                if cfg.server.on_finish == "serve":
+                    server.serve_finished()
+                else:
+                    server.coordinator.wait_all_told_done(DONE_LINGER_S)
+                    log.info("training finished", extra={"fields": {"round": server.round}})
+        finally:
+            server.shutdown()
     finally:
         health.stop()
     return 0

@@ -28,7 +28,7 @@ from services.common.chunking import segments
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"TFFK8S-CKPT\x03\n"
+MAGIC = b"TFFK8S-CKPT\x04\n"  # 4: the aggregator state as float32 scalars (was a TFF Value)
 _DIGEST = hashlib.sha256().digest_size
 CHECKPOINT_NAME = "checkpoint.bin"
 Buffer = bytes | bytearray | memoryview

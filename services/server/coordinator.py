@@ -1,18 +1,22 @@
 """Who takes part in which round: the client registry, sampling, the round deadline and the
 bookkeeping of results. Pure Python (no TensorFlow, no gRPC), driven by the servicer threads on
-one side and the round loop on the other, all under one condition variable."""
+one side and the round loop on the other, all under one condition variable. What a result counts
+for is the round's aggregation's business (services/server/aggregation): the coordinator only
+decides whether a result is wanted, and lets the aggregation commit it under its lock."""
 
 from __future__ import annotations
 
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import numpy as np
+
+from services.server.aggregation.interface import RoundAggregation
+from services.server.clock import Clock
 
 MAX_NAME = 253
 
@@ -35,11 +39,7 @@ class ClientRecord:
     told_done: bool = False
 
 
-@dataclass
-class Result:
-    value: Any
-    metrics: dict[str, float]
-    payload_bytes: int
+Metrics = dict[str, float]  # a result's training metrics, from its header
 
 
 @dataclass
@@ -50,11 +50,9 @@ class RoundTask:
     layout: str  # the fingerprint of that layout
     sampled: frozenset[str]
     deadline: float
-    results: dict[str, Result] = field(default_factory=dict)
+    aggregation: RoundAggregation  # where results stream in (the servicer's business)
+    results: dict[str, Metrics] = field(default_factory=dict)  # the accepted results' metrics, by client
     uploading: set[str] = field(default_factory=set)  # clients whose result is streaming in
-    # The mean aggregator's running sum (services.server.fold.StreamingMean), which results are
-    # folded into chunk by chunk as they stream in; None: results are kept whole (robust, dp).
-    fold: Any = None
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.deadline - now)
@@ -77,7 +75,7 @@ class Coordinator:
         rng: np.random.Generator,
         assignments: dict[str, int] | None = None,
         liveness_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self.min_clients = min_clients
         self.clients_per_round = clients_per_round
@@ -85,7 +83,7 @@ class Coordinator:
         self.num_shards = num_shards
         self.rng = rng
         self.liveness_s = liveness_s
-        self.clock = clock
+        self.clock = clock or Clock()
         self._cv = threading.Condition()
         self._clients: dict[str, ClientRecord] = {}
         self._by_name: dict[str, str] = {}
@@ -134,7 +132,7 @@ class Coordinator:
                 left = end - self.clock()
                 if left <= 0:
                     return TaskKind.WAIT, None
-                self._cv.wait(min(left, 1.0))
+                self.clock.wait(self._cv, min(left, 1.0))
 
     def begin_upload(self, client_id: str, task_id: str, round_number: int) -> RoundTask:
         """Cheap checks before a result's payload is read (is it wanted at all, and not already
@@ -151,16 +149,17 @@ class Coordinator:
         with self._cv:
             task.uploading.discard(client_id)
 
-    def submit(self, client_id: str, task_id: str, round_number: int, result: Result,
+    def submit(self, client_id: str, task_id: str, round_number: int, metrics: Metrics,
                on_accept: Callable[[], None] | None = None) -> None:
-        """Accept a result; ``on_accept`` runs under the lock once it is known to be wanted (a
-        refused result never counts in the aggregate)."""
+        """Accept a result; ``on_accept`` (the aggregation's commit) runs under the lock once it is
+        known to be wanted, so a refused result never counts and a round never closes half-way
+        through a commit."""
         with self._cv:
             record = self._known(client_id)
             task = self._wanted(client_id, task_id, round_number)
             if on_accept is not None:
                 on_accept()
-            task.results[client_id] = result
+            task.results[client_id] = metrics
             record.busy_round = 0
             record.last_seen = self.clock()
             self._cv.notify_all()
@@ -174,10 +173,10 @@ class Coordinator:
         """Block until ``min_clients`` are live; False if stopped first."""
         with self._cv:
             while not self._stopped and len(self._live()) < self.min_clients:
-                self._cv.wait(poll_s)
+                self.clock.wait(self._cv, poll_s)
             return not self._stopped
 
-    def open_round(self, round_number: int, payload: Any, layout: str, fold: Any = None) -> RoundTask:
+    def open_round(self, round_number: int, payload: Any, layout: str, aggregation: RoundAggregation) -> RoundTask:
         with self._cv:
             # By name, not by the random ids: the same seed samples the same clients on every run.
             live = sorted(self._live(), key=lambda cid: self._clients[cid].name)
@@ -185,18 +184,20 @@ class Coordinator:
             sampled = frozenset(self.rng.choice(live, size=count, replace=False).tolist()) if count else frozenset()
             self._task = RoundTask(
                 round_number, secrets.token_hex(8), payload, layout, sampled, self.clock() + self.round_deadline_s,
-                fold=fold,
+                aggregation,
             )
             self._cv.notify_all()
             return self._task
 
-    def wait_round(self, task: RoundTask) -> dict[str, Result]:
+    def wait_round(self, task: RoundTask) -> dict[str, Metrics]:
         """Block until every sampled client answered, the deadline passed, or a stop; then close
-        the round (late results are refused as stale) and return what arrived."""
+        the round (late results are refused as stale; its aggregation takes no more) and return
+        the metrics of what arrived."""
         with self._cv:
             while not self._stopped and len(task.results) < len(task.sampled) and self.clock() < task.deadline:
-                self._cv.wait(min(1.0, task.remaining(self.clock())))
+                self.clock.wait(self._cv, min(1.0, task.remaining(self.clock())))
             self._task = None
+            task.aggregation.close()
             for cid in task.sampled:
                 if cid in self._clients and self._clients[cid].busy_round == task.round:
                     self._clients[cid].busy_round = 0
@@ -206,6 +207,8 @@ class Coordinator:
     def finish(self) -> None:
         with self._cv:
             self._done = True
+            if self._task is not None:
+                self._task.aggregation.close()
             self._task = None
             self._cv.notify_all()
 
@@ -220,16 +223,12 @@ class Coordinator:
                 left = end - self.clock()
                 if left <= 0:
                     return False
-                self._cv.wait(min(left, 0.5))
+                self.clock.wait(self._cv, min(left, 0.5))
 
     def stop(self) -> None:
         with self._cv:
             self._stopped = True
             self._cv.notify_all()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
 
     def assignments(self) -> dict[str, int]:
         with self._cv:

@@ -1,5 +1,7 @@
-"""The gRPC face of the server: turns requests into coordinator calls and refuses, with a
-precise status, anything a peer sends that is not exactly what the protocol allows."""
+"""The gRPC face of the server: refuses, with a precise status, anything a peer sends that is not
+exactly what the protocol allows, and hands the rest over: joins and task polls to the coordinator,
+a result's header and chunks to its round's aggregation (services/server/aggregation), which
+commits the result only once the coordinator accepts it whole."""
 
 from __future__ import annotations
 
@@ -7,27 +9,20 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any, NoReturn
 
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from services.common.chunking import (
-    PayloadError,
-    assemble,
-    check_size,
-    data_of,
-    serialize_chunk,
-)
+from services.common.chunking import PayloadError, check_size, data_of, serialize_chunk
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
 from services.common.tensors import Layout, LayoutError
+from services.server.aggregation import RoundClosed, Upload
 from services.server.broadcast import Broadcast
-from services.server.coordinator import Coordinator, Reject, Result, RoundTask, TaskKind
-from services.server.fold import RoundClosed
+from services.server.coordinator import Coordinator, Reject, RoundTask, TaskKind
 from services.server.telemetry import Telemetry, memory_mb
 
 log = logging.getLogger(__name__)
@@ -96,21 +91,14 @@ class FederationServicer(pb_grpc.FederationServicer):
         self,
         coordinator: Coordinator,
         result_layout: Layout,
-        decode_result: Callable[[memoryview], Any],
         telemetry: Telemetry,
         *,
         chunk_bytes: int,
         max_payload_bytes: int,
-        upload_slots: int = 2,
         poll_s: float = 10.0,
     ) -> None:
         self.coordinator = coordinator
         self.result_layout = result_layout
-        self.decode_result = decode_result
-        # With the robust and dp aggregators results are held whole until the round ends; at most
-        # ``upload_slots`` are being received at a time. (The mean aggregator holds none: it folds
-        # each chunk in as it arrives, services.server.fold.)
-        self.upload_slots = threading.BoundedSemaphore(upload_slots)
         self.telemetry = telemetry
         self._broadcast: Broadcast | None = None
         self._broadcast_lock = threading.Lock()
@@ -193,8 +181,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 cutoff.daemon = True
                 cutoff.start()
                 try:
-                    receive = self._fold_in if task.fold is not None else self._hold
-                    receive(task, h, Result(None, metrics, h.payload_bytes), _data_parts(request_iterator))
+                    self._receive(task, h, metrics, _data_parts(request_iterator))
                 finally:
                     cutoff.cancel()
             finally:
@@ -215,34 +202,21 @@ class FederationServicer(pb_grpc.FederationServicer):
         log.info("result accepted", extra=fields(client_id=h.client_id, round=h.round, bytes=h.payload_bytes, **memory_mb()))
         return pb.SubmitReply(accepted=True, detail=f"round {h.round} result accepted")
 
-    def _fold_in(self, task: RoundTask, h: pb.ResultHeader, result: Result, parts: Iterator[Any]) -> None:
-        """The mean aggregator: each chunk is checked and added to the round's sum as it arrives."""
-        upload = task.fold.begin(h.client_id, h.update_weight)
+    def _receive(self, task: RoundTask, h: pb.ResultHeader, metrics: dict[str, float], parts: Iterator[Any]) -> None:
+        """Hand the result to its round's aggregation: staged (at most ``server.upload_slots`` at a
+        time; this waits for a slot), checked chunk by chunk, and committed only if the coordinator
+        accepts it. Anything else (a refusal, a broken stream, the round closing) discards it."""
+        upload: Upload = task.aggregation.receive(h.client_id, h.update_weight,
+                                                  timeout=task.remaining(self.coordinator.clock()))
         try:
             for part in parts:
                 upload.feed(part)
                 self.telemetry.add_bytes(received=len(part))
             upload.finish()
-            self.coordinator.submit(h.client_id, h.task_id, h.round, result, on_accept=upload.commit)
+            self.coordinator.submit(h.client_id, h.task_id, h.round, metrics,
+                                    on_accept=lambda: task.aggregation.commit(upload))
         finally:
-            upload.abort()  # no-op once committed; else the weight counts for what was delivered
-
-    def _hold(self, task: RoundTask, h: pb.ResultHeader, result: Result, parts: Iterator[Any]) -> None:
-        """Aggregators that take all results at once (robust, dp): the result is received whole,
-        at most ``upload_slots`` at a time."""
-        if not self.upload_slots.acquire(timeout=task.remaining(self.coordinator.clock())):
-            raise Reject("stale", f"round {h.round} closed while the result waited for an upload slot")
-        try:
-            data = assemble(parts, expected_bytes=h.payload_bytes, max_bytes=self.max_payload_bytes)
-            self.telemetry.add_bytes(received=len(data))
-            value = self.decode_result(data)
-            if np.float32(value.weight) != np.float32(h.update_weight):
-                raise LayoutError(f"the payload's update_weight ({value.weight}) is not the header's "
-                                  f"({h.update_weight})")
-            self.coordinator.submit(h.client_id, h.task_id, h.round, replace(result, value=value))
-            del data, value  # kept by the coordinator
-        finally:
-            self.upload_slots.release()
+            upload.discard()  # a no-op once committed
 
 
 def _data_parts(chunks: Iterator[Any]) -> Iterator[bytes | memoryview]:

@@ -3,13 +3,11 @@ round keeps only valid results, no NaN or Inf a peer sends (and nothing outside 
 reaches the round's aggregate, and the global model is untouched.
 
 In-process but real: the server's own FederationServicer, Coordinator, Telemetry, wire layout
-(``tensors.Layout`` of the task's ``ClientResult`` type) and streaming weighted mean
-(``services.server.fold.StreamingMean``, what ``ServerAlgorithm.new_fold()`` makes for the default
-``mean`` aggregator: each chunk of a result is checked, then added to the round's running sum as it
-arrives), served by a gRPC server on loopback and driven through a gRPC stub, so every request goes
-through gRPC framing and deserialization. Some tests open the round with ``fold=None`` instead: the
-robust / dp path, where results are received whole (``algorithm.decode_result``), one upload slot
-each.
+(``tensors.Layout`` of the task's ``ClientResult`` type) and aggregation seam
+(services/server/aggregation, here with the default ``mean`` aggregator: each result is staged
+chunk by chunk as it arrives, every chunk checked, and added to the round's running sum only once
+it is complete and accepted), served by a gRPC server on loopback and driven through a gRPC stub,
+so every request goes through gRPC framing and deserialization.
 
 A result is the ClientResult's tensors back to back in the server's layout (float32
 update.0[64,32], update.1[32], update.2[32,10], update.3[10], then update_weight), announced by a
@@ -19,11 +17,9 @@ is parsed beyond protobuf framing: the cases that attacked the old TFF Value-pro
 types, lying shapes, a tf.data GraphDef) are now either a size or fingerprint mismatch or plain
 numbers, which the tests below show.
 
-On the mean path a refused upload is never a result (not in the round's results, no count, no
-weight in the total), but what it delivered before it was refused is already in the running sum:
-whole, finite elements of a prefix of its update, and its weight counts for exactly those
-coordinates (``StreamingMean.partial``, see services/server/fold.py), so every coordinate of the
-mean is still the weighted mean of the updates that reached it. The tests check exactly that."""
+A refused upload is never a result, and nothing of it counts: whatever it delivered before it was
+refused (or cut off, or the round closed) was only staged, and the round's sum, count and total
+weight are exactly what they would be had it never been sent. The tests check exactly that."""
 
 from __future__ import annotations
 
@@ -53,10 +49,9 @@ tff = pytest.importorskip("tensorflow_federated")
 
 from services.common import tensors  # noqa: E402  (after TFF: the layout is derived from TFF types)
 from services.common.task import Task  # noqa: E402
-from services.server.algorithm import Result as Update  # noqa: E402
-from services.server.algorithm import decode_result  # noqa: E402
+from services.server.aggregation import RoundAggregation, Slots  # noqa: E402
+from services.server.aggregation.mean import Mean  # noqa: E402
 from services.server.coordinator import Coordinator, RoundTask  # noqa: E402
-from services.server.fold import StreamingMean  # noqa: E402
 from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server  # noqa: E402
 from services.server.telemetry import Telemetry  # noqa: E402
 
@@ -89,6 +84,7 @@ class Wire:
     global_parts: tuple[memoryview, ...]  # the initial global model as the server holds it: a view per tensor
     global_weights: bytes  # the same, joined: its wire layout
     other_layout: tensors.Layout  # a ClientResult of another model (hidden_units 16)
+    aggregator: Mean  # the server's aggregator (its upload slots span rounds)
 
     def raw(self, method: str, streaming: bool) -> Callable[..., Any]:
         """A call that sends bytes as they are, so they can be anything but protobuf."""
@@ -103,13 +99,7 @@ class Wire:
 
     def free_slots(self) -> int:
         """Upload slots not held right now (all of them when no upload is in flight)."""
-        slots = self.servicer.upload_slots
-        taken = 0
-        while slots.acquire(blocking=False):
-            taken += 1
-        for _ in range(taken):
-            slots.release()
-        return taken
+        return self.aggregator.slots.free()
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +117,8 @@ def wire() -> Iterator[Wire]:
     assert layout.nbytes == 9644 and weights_layout.nbytes == 9640 and other_layout.fingerprint != layout.fingerprint
     assert sum(int(np.prod(leaf.shape)) for leaf in layout.leaves[:-1]) == UPDATE_ELEMENTS
     telemetry = Telemetry()
-    servicer = FederationServicer(
-        new_coordinator(), layout, lambda data: decode_result(layout, data), telemetry,
-        chunk_bytes=CHUNK, max_payload_bytes=MAX_PAYLOAD, upload_slots=UPLOAD_SLOTS, poll_s=0.2,
-    )
+    servicer = FederationServicer(new_coordinator(), layout, telemetry, chunk_bytes=CHUNK,
+                                  max_payload_bytes=MAX_PAYLOAD, poll_s=0.2)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -138,7 +126,7 @@ def wire() -> Iterator[Wire]:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield Wire(servicer, telemetry, pb_grpc.FederationStub(channel), channel, layout, weights_layout,
-                   global_parts, global_weights, other_layout)
+                   global_parts, global_weights, other_layout, Mean(layout, Slots(UPLOAD_SLOTS)))
     finally:
         channel.close()
         server.stop(None).wait()
@@ -151,39 +139,28 @@ def new_coordinator(clients: int = 2, deadline_s: float = 600) -> Coordinator:
 
 @dataclass
 class Round:
-    """An open round with two sampled clients (alice, bob) and a third, unsampled one (carol). The
-    round folds results into a real ``StreamingMean`` as they stream in (as the server's default
-    ``mean`` aggregator does); ``buffered=True`` opens it with ``fold=None`` instead (the robust /
-    dp path: results are received whole, one upload slot each, and kept by the coordinator)."""
+    """An open round with two sampled clients (alice, bob) and a third, unsampled one (carol),
+    whose results stream into a real ``mean`` aggregation (as the server's default aggregator)."""
 
     wire: Wire
     coordinator: Coordinator
     alice: str
     bob: str
     carol: str
-    buffered: bool = False
     task: RoundTask = field(init=False)
-    fold: StreamingMean | None = field(init=False)
+    aggregation: RoundAggregation = field(init=False)
 
     def open(self, number: int) -> RoundTask:
-        self.fold = None if self.buffered else StreamingMean(self.wire.layout)
+        self.aggregation = self.wire.aggregator.open_round(self.wire.aggregator.initial_state())
         self.task = self.coordinator.open_round(number, self.wire.global_parts,
-                                                self.wire.weights_layout.fingerprint, fold=self.fold)
-        assert self.task.fold is self.fold
+                                                self.wire.weights_layout.fingerprint, self.aggregation)
+        assert self.task.aggregation is self.aggregation
         return self.task
 
     def close(self, task: RoundTask) -> dict[str, Any]:
-        """What the server's round loop does: wait for the round to close, then close its fold
-        (uploads still streaming in stop there)."""
-        results = self.coordinator.wait_round(task)
-        if task.fold is not None:
-            task.fold.close()
-        return results
-
-    @property
-    def mean(self) -> StreamingMean:
-        assert self.fold is not None, "a buffered round has no fold"
-        return self.fold
+        """What the server's round loop does: wait for the round to close (which closes its
+        aggregation: uploads still streaming in are refused from then on)."""
+        return self.coordinator.wait_round(task)
 
     def current(self) -> RoundTask:
         task = self.coordinator._task
@@ -191,11 +168,11 @@ class Round:
         return task
 
 
-def open_round(wire: Wire, *, buffered: bool = False) -> Round:
+def open_round(wire: Wire) -> Round:
     coordinator = new_coordinator()
     wire.servicer.coordinator = coordinator
     alice, bob = coordinator.join("alice").client_id, coordinator.join("bob").client_id
-    rnd = Round(wire, coordinator, alice, bob, "", buffered)
+    rnd = Round(wire, coordinator, alice, bob, "")
     task = rnd.open(1)
     assert task.sampled == {alice, bob}
     rnd.carol = coordinator.join("carol").client_id
@@ -223,13 +200,18 @@ def trailing_weight(data: bytes) -> float:
 
 
 # ---- what the round's running sum holds ----------------------------------------------------------
-def sums(fold: StreamingMean) -> np.ndarray:
-    """The running sum, flattened over the update's leaves (a copy)."""
-    return np.concatenate([s.reshape(-1) for s in fold.sums])
+def sums(aggregation: RoundAggregation) -> np.ndarray:
+    """The running sum of the committed results, flattened over the update's leaves (a copy)."""
+    assert aggregation.sums is not None
+    return np.concatenate([s.reshape(-1) for s in aggregation.sums])
+
+
+def total_weight(aggregation: RoundAggregation) -> float:
+    return sum(c.notes["weight"] for c in aggregation.contributions)
 
 
 def scaled(data: bytes, weight: float, elements: int = UPDATE_ELEMENTS) -> np.ndarray:
-    """What folding the first ``elements`` update numbers of ``data`` with ``weight`` adds to an
+    """What committing the first ``elements`` update numbers of ``data`` with ``weight`` adds to an
     empty sum, computed as the server does (float32 times float32, added to zeros)."""
     values = np.frombuffer(data, "<f4", elements)
     with np.errstate(over="ignore"):  # a huge finite weight may overflow to Inf, on the server too
@@ -240,27 +222,21 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.all(a.view("<u4") == b.view("<u4")))
 
 
-def assert_fold_after_one_upload(rnd: Round, accepted: bool, data: bytes, weight: float) -> int:
-    """The round's fold after one upload whose data (as the server read it, in order) was ``data``
-    under a header with ``weight``. Accepted: one complete result whose update, times its weight,
-    is the sum bit for bit. Refused: no result, no weight in the total; at most one cut-off upload,
-    whose delivered elements are a finite prefix of ``data``, in the sum exactly (times the
-    header's weight), and nothing else in it. Returns the elements delivered by a refused upload."""
-    fold = rnd.mean
-    total = sums(fold)
+def nothing_counted(aggregation: RoundAggregation) -> bool:
+    """No result committed, no weight, and the running sum all zeros: as if nothing was sent."""
+    return aggregation.count == 0 and total_weight(aggregation) == 0 and not sums(aggregation).any()
+
+
+def assert_sum_after_one_upload(rnd: Round, accepted: bool, data: bytes, weight: float) -> None:
+    """The round's aggregate after one upload whose data (as the server read it, in order) was
+    ``data`` under a header with ``weight``. Accepted: one result whose update, times its weight, is
+    the sum bit for bit. Refused: nothing at all (whatever it delivered was only staged)."""
+    aggregation = rnd.aggregation
     if accepted:
-        assert fold.count == 1 and fold.weight == np.float32(weight) and fold.partial == {}
-        assert same_bits(total, scaled(data, weight))
-        return 0
-    assert fold.count == 0 and fold.weight == 0 and len(fold.partial) <= 1, fold.partial
-    if not fold.partial:
-        assert not total.any()
-        return 0
-    [(delivered, w)] = fold.partial.values()
-    assert 0 < delivered <= min(UPDATE_ELEMENTS, len(data) // 4) and w == np.float32(weight)
-    assert np.isfinite(np.frombuffer(data, "<f4", delivered)).all()  # nothing non-finite was added
-    assert same_bits(total[:delivered], scaled(data, weight, delivered)) and not total[delivered:].any()
-    return delivered
+        assert aggregation.count == 1 and total_weight(aggregation) == np.float32(weight)
+        assert same_bits(sums(aggregation), scaled(data, weight))
+    else:
+        assert nothing_counted(aggregation)
 
 
 def with_bits(wire: Wire, path: str, index: int, *, value: float | None = None, bits: int | None = None) -> bytes:
@@ -316,36 +292,26 @@ def stable(detail: str) -> str:
 
 
 def assert_unaffected(wire: Wire, rnd: Round, client: str) -> str:
-    """The refused request left no result in the round and no weight in its aggregate, and held no
-    upload slot; at most it left a cut-off upload (``partial``) of finite elements at the start of
-    the update; the global model is what the round began with. Then the same client's valid result
-    is still accepted, it is added to the sum exactly, and the round's mean is, coordinate by
-    coordinate, the weighted mean of the uploads that reached it (the fold is spent afterwards)."""
-    task, fold = rnd.current(), rnd.mean
+    """The refused request left no result in the round and nothing in its aggregate (no count, no
+    weight, the running sum all zeros), and held no upload slot; the global model is what the
+    round began with. Then the same client's valid result is still accepted, and the round's
+    update is exactly that result's (the aggregation is finished afterwards)."""
+    task, aggregation = rnd.current(), rnd.aggregation
     assert task.results == {} and task.uploading == set()
-    assert fold.count == 0 and fold.weight == 0 and len(fold.partial) <= 1, fold.partial
-    before = sums(fold)
-    delivered, cut_weight = next(iter(fold.partial.values())) if fold.partial else (0, np.float32(0))
-    assert np.isfinite(before).all() and not before[delivered:].any()
+    assert nothing_counted(aggregation)
     assert b"".join(task.payload) == wire.global_weights and task.layout == wire.weights_layout.fingerprint
     assert wire.free_slots() == UPLOAD_SLOTS
-    if client not in task.sampled or client in fold.partial:  # (a retry would resume the cut-off upload)
-        client = min(task.sampled - set(task.results) - set(fold.partial))
+    if client not in task.sampled:
+        client = min(task.sampled - set(task.results))
     assert send_valid(wire, rnd, client, fill=0.02) == (OK, "")
     assert list(task.results) == [client]
-    assert fold.count == 1 and fold.weight == np.float32(WEIGHT) and len(fold.partial) == (1 if delivered else 0)
-    assert same_bits(sums(fold), before + scaled(valid_bytes(wire, 0.02), WEIGHT))  # exactly that result, once
+    assert aggregation.count == 1 and total_weight(aggregation) == np.float32(WEIGHT)
+    assert same_bits(sums(aggregation), scaled(valid_bytes(wire, 0.02), WEIGHT))  # exactly that result, once
     assert wire.free_slots() == UPLOAD_SLOTS
-    mean = np.concatenate([m.reshape(-1) for m in fold.mean()])
-    expected = np.full(UPDATE_ELEMENTS, 0.02)
-    expected[:delivered] = (before[:delivered].astype(np.float64) + 0.02 * WEIGHT) / (float(cut_weight) + WEIGHT)
-    assert np.isfinite(mean).all()
-    np.testing.assert_allclose(mean, expected, rtol=1e-6)
-    if not delivered:
-        return "round and aggregate unchanged; a valid result was accepted afterwards"
-    return (f"no result, no weight added: the {delivered} update elements received before the refusal count "
-            "for those coordinates only (partial); a valid result was accepted afterwards; each coordinate's mean "
-            "is over the uploads that reached it")
+    aggregation.close()
+    update = np.concatenate([u.reshape(-1) for u in aggregation.finish().update])
+    assert np.all(update == np.float32(0.02))  # 0.02 x 10 / 10: the valid result alone, bit for bit
+    return "round and aggregate unchanged; a valid result was accepted afterwards"
 
 
 def rejected(wire: Wire) -> dict[str, int]:
@@ -520,16 +486,16 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_result_is_refused_and_round_unaffected(wire: Wire, rnd: Round, case: Case, faults) -> None:
-    """Each bad result is refused with its status, counted in the server's metrics, and leaves no
-    result and no weight in the round; one refused on its header leaves nothing at all (no byte of
-    it was read); whatever else it leaves is what :func:`assert_unaffected` allows."""
+    """Each bad result is refused with its status, counted in the server's metrics, and leaves
+    nothing in the round (no result, no weight, nothing in the sum, whatever it delivered before it
+    was refused); one refused on its header was not read at all."""
     before, received = rejected(wire), wire.telemetry.bytes_in
     code, detail = submit(wire, case.build(wire, rnd))
     assert code == case.expected, detail
-    assert rnd.current().results == {} and rnd.mean.count == 0 and rnd.mean.weight == 0
+    assert rnd.current().results == {} and nothing_counted(rnd.aggregation)
     assert sum(rejected(wire).values()) == sum(before.values()) + 1  # counted in the server's metrics
     if case.on_header:
-        assert wire.telemetry.bytes_in == received and rnd.mean.partial == {} and not sums(rnd.mean).any()
+        assert wire.telemetry.bytes_in == received
     faults.record(AREA, case.name, case.done, case.expected.name,
                   f"{code.name} ({stable(detail)}); {assert_unaffected(wire, rnd, rnd.alice)}")
 
@@ -618,7 +584,7 @@ def test_foreign_bytes_are_only_numbers(wire: Wire, rnd: Round, tmp_path: Path, 
                                         done: str, make: Callable[[Wire, Path], bytes], faults) -> None:
     """Any bytes of the right size are a ClientResult's float32 numbers in the server's layout (the
     header truthfully states their last float32 as the weight): accepted exactly when they are
-    finite with a weight > 0, and then folded in bit for bit; nothing is parsed, loaded or run (no
+    finite with a weight > 0, and then added in bit for bit; nothing is parsed, loaded or run (no
     GraphDef import, no dataset, no unpickling)."""
     import tensorflow as tf
     from tensorflow_federated.python.core.impl.executors import value_serialization
@@ -635,9 +601,9 @@ def test_foreign_bytes_are_only_numbers(wire: Wire, rnd: Round, tmp_path: Path, 
     code, detail = submit(wire, stream(header(rnd, body), body))
     assert code == expected, detail
     assert loaded == [] and not (tmp_path / "unpickled").exists()
-    assert_fold_after_one_upload(rnd, code == OK, body, weight)  # accepted: the update times its weight, bit for bit
+    assert_sum_after_one_upload(rnd, code == OK, body, weight)  # accepted: the update times its weight, bit for bit
     if code == OK:
-        observed = "OK: read as finite float32 numbers and folded in bit for bit"
+        observed = "OK: read as finite float32 numbers and added to the round's sum bit for bit"
     elif weight > 0:
         assert "NaN or Inf" in detail, detail
         observed = f"{code.name} ({stable(detail)}): read as float32 numbers, some of them not finite"
@@ -661,8 +627,9 @@ def test_shape_and_dtype_are_the_servers(wire: Wire, rnd: Round, faults) -> None
         body[leaf.offset : leaf.offset + len(raw)] = raw
     code, detail = submit(wire, stream(header(rnd, bytes(body)), bytes(body)))
     assert code == OK, detail
-    assert_fold_after_one_upload(rnd, True, bytes(body), WEIGHT)
-    mean = rnd.mean.mean()  # of this one result: its update (x * 10 / 10 is exact for these numbers)
+    assert_sum_after_one_upload(rnd, True, bytes(body), WEIGHT)
+    rnd.aggregation.close()
+    mean = rnd.aggregation.finish().update  # of this one result: its update (x * 10 / 10 is exact for these)
     assert [(u.shape, u.dtype) for u in mean] == [(a.shape, np.dtype(np.float32)) for a in arrays]
     np.testing.assert_array_equal(mean[0], transposed.reshape(64, 32))
     assert mean[3].view(np.int32).tolist() == ints.tolist()  # 1.4e-45 ... 1.4e-44 as float32
@@ -756,21 +723,6 @@ def acceptable(wire: Wire, body: bytes, weight: float) -> bool:
     return bool(np.isfinite(numbers).all()) and numbers[-1] == np.float32(weight)
 
 
-def protobuf_prefix(messages: Sequence[bytes]) -> bytes:
-    """The data protobuf reads from the leading messages that are data chunks (what the server has
-    read when it meets the first message that is not one)."""
-    out = []
-    for message in messages:
-        try:
-            chunk = pb.ResultChunk.FromString(message)
-        except Exception:  # noqa: BLE001  (protobuf's DecodeError, whatever the implementation)
-            break
-        if chunk.WhichOneof("part") != "data":
-            break
-        out.append(chunk.data)
-    return b"".join(out)
-
-
 def protobuf_reading(messages: Sequence[bytes]) -> bytes | None:
     """What protobuf makes of the data chunks: their bytes joined, or None if any is not one."""
     out = []
@@ -791,9 +743,9 @@ def test_data_chunk_framings_read_as_protobuf_reads_them(wire: Wire, rnd: Round,
     code, detail, messages = framed_submit(wire, rnd, body, [FRAMINGS[name]])
     assert protobuf_reading(messages) == body
     assert code == OK, detail
-    assert_fold_after_one_upload(rnd, True, body, WEIGHT)
+    assert_sum_after_one_upload(rnd, True, body, WEIGHT)
     faults.record(AREA, f"data chunk framing: {name}", f"a valid result whose every data chunk is framed so ({name})",
-                  "read exactly as protobuf reads it", "OK: the result protobuf reads was accepted and folded in "
+                  "read exactly as protobuf reads it", "OK: the result protobuf reads was accepted and added in "
                   "bit for bit")
 
 
@@ -803,8 +755,8 @@ def test_malformed_data_chunk_framings_are_refused(wire: Wire, rnd: Round, name:
     code, detail, messages = framed_submit(wire, rnd, body, [FRAMINGS["canonical"], BAD_FRAMINGS[name]])
     assert protobuf_reading(messages) is None
     assert code == INVALID, detail
-    # The first chunk (canonical) was read and added before the second one was refused.
-    assert assert_fold_after_one_upload(rnd, False, body, WEIGHT) == CHUNK // 4
+    # The first chunk (canonical) was read and staged before the second one was refused: nothing counts.
+    assert_sum_after_one_upload(rnd, False, body, WEIGHT)
     faults.record(AREA, f"data chunk framing: {name}", f"a valid result whose second data chunk is framed so "
                   f"({name})", "INVALID_ARGUMENT", f"{code.name} ({stable(detail)}); "
                   f"{assert_unaffected(wire, rnd, rnd.alice)}")
@@ -818,26 +770,26 @@ def test_replayed_result(wire: Wire, rnd: Round, faults) -> None:
     other = valid_bytes(wire, fill=-0.5)
     code2, detail = submit(wire, stream(header(rnd, other), other))
     assert code1 == code2 == grpc.StatusCode.ALREADY_EXISTS, detail
-    assert_fold_after_one_upload(rnd, True, first, WEIGHT)  # folded in once, and it is the first; no partial
+    assert_sum_after_one_upload(rnd, True, first, WEIGHT)  # counted once, and it is the first
     assert list(rnd.current().results) == [rnd.alice]
     assert send_valid(wire, rnd, rnd.bob) == (OK, "")  # the round goes on
-    assert rnd.mean.count == 2 and rnd.mean.partial == {} and wire.free_slots() == UPLOAD_SLOTS
+    assert rnd.aggregation.count == 2 and wire.free_slots() == UPLOAD_SLOTS
     faults.record(AREA, "replayed result", "an accepted result sent again, then a different one for the same task",
-                  "ALREADY_EXISTS", f"{code1.name}, {code2.name}; the first result is folded in once; other "
+                  "ALREADY_EXISTS", f"{code1.name}, {code2.name}; the first result is counted once; other "
                   "clients still accepted")
 
 
 def test_result_for_a_closed_round(wire: Wire, rnd: Round, faults) -> None:
     late = valid_bytes(wire)
     late_header = header(rnd, late)  # round 1's task
-    round1, fold1 = rnd.task, rnd.mean
+    round1, aggregation1 = rnd.task, rnd.aggregation
     round1.deadline = rnd.coordinator.clock()  # round 1 passes its deadline with no results ...
     assert rnd.close(round1) == {}
     task2 = rnd.open(2)  # ... and round 2 opens
     code, detail = submit(wire, stream(late_header, late))
     assert code == grpc.StatusCode.FAILED_PRECONDITION, detail
     assert round1.results == {} and task2.results == {}
-    assert fold1.count == 0 and fold1.partial == {} and not sums(fold1).any() and fold1 is not rnd.fold
+    assert nothing_counted(aggregation1) and aggregation1 is not rnd.aggregation
     faults.record(AREA, "result for a closed round", "round 1's result sent after round 1 closed and round 2 opened",
                   "FAILED_PRECONDITION", f"{code.name} ({stable(detail)}); {assert_unaffected(wire, rnd, rnd.alice)}")
 
@@ -860,20 +812,17 @@ def paused_after(chunks: list[pb.ResultChunk], count: int, release: threading.Ev
     yield from chunks[count:]
 
 
-@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "mean"])
-def test_stalled_uploads_are_cut_off_when_the_round_closes(wire: Wire, buffered: bool, faults) -> None:
+def test_stalled_uploads_are_cut_off_when_the_round_closes(wire: Wire, faults) -> None:
     """Two sampled clients send a header and 100 bytes, then nothing (a slow-loris upload, or a
-    client frozen or cut off mid-upload). When their round closes at its deadline the server must
-    cut them off. On the buffered path (robust, dp) they hold all ``upload_slots``: unless the
-    slots are freed, no other client's result could ever be received again (the next rounds would
-    all fail for want of a slot). On the mean path they hold no slot; the 25 elements each
-    delivered stay in the round's sum as cut-off uploads (``partial``), never as results."""
+    client frozen or cut off mid-upload). They hold all ``upload_slots``: unless the server cuts
+    them off when their round closes at its deadline, no other client's result could ever be
+    received again. Nothing of what they delivered counts."""
     coordinator = new_coordinator(clients=3, deadline_s=STALL_DEADLINE_S)
     wire.servicer.coordinator = coordinator
     ids = [coordinator.join(name).client_id for name in ("xavier", "yvonne", "zoe")]
-    rnd = Round(wire, coordinator, ids[0], ids[1], ids[2], buffered)
+    rnd = Round(wire, coordinator, ids[0], ids[1], ids[2])
     round1 = rnd.open(1)
-    fold1 = rnd.fold
+    aggregation1 = rnd.aggregation
     assert round1.sampled == set(ids)
     closer = futures.ThreadPoolExecutor(1)
     closed = closer.submit(rnd.close, round1)  # the server's round loop: close at the deadline
@@ -886,15 +835,12 @@ def test_stalled_uploads_are_cut_off_when_the_round_closes(wire: Wire, buffered:
         yield pb.ResultChunk(data=body[:100])
         release.wait(CALL_TIMEOUT_S)  # then stop sending, without ending the stream
 
-    started = time.monotonic()
+    started, before = time.monotonic(), wire.telemetry.bytes_in
     try:
         calls = [wire.stub.SubmitResult.future(stalled(c), timeout=CALL_TIMEOUT_S) for c in ids[:UPLOAD_SLOTS]]
-        if fold1 is None:
-            wait_until(lambda: wire.free_slots() == 0, "the stalled uploads took the upload slots")
-        else:  # both stalled uploads' 25 elements are in the sum, and they took no slot
-            both = scaled(body, WEIGHT, 25) + scaled(body, WEIGHT, 25)
-            wait_until(lambda: same_bits(sums(fold1)[:25], both), "the stalled uploads' data was added")
-            assert wire.free_slots() == UPLOAD_SLOTS
+        wait_until(lambda: wire.free_slots() == 0 and wire.telemetry.bytes_in == before + 200,
+                   "the stalled uploads took the upload slots and sent their 100 bytes")
+        assert nothing_counted(aggregation1)  # staged, not counted
         assert closed.result(CALL_TIMEOUT_S) == {}
         codes = {call(f.result)[0] for f in calls}
         cut_after = time.monotonic() - started
@@ -908,41 +854,28 @@ def test_stalled_uploads_are_cut_off_when_the_round_closes(wire: Wire, buffered:
     assert code == OK, detail
     assert list(round2.results) == [ids[2]] and round1.results == {} and round1.uploading == set()
     assert wire.free_slots() == UPLOAD_SLOTS
-    if fold1 is None:
-        value = round2.results[ids[2]].value
-        assert isinstance(value, Update) and value.weight == WEIGHT
-        assert all(np.all(u == np.float32(0.02)) for u in value.update)
-        faults.record(AREA, "stalled uploads holding every upload slot", f"{UPLOAD_SLOTS} sampled clients send a "
-                      "header and 100 bytes, then nothing (robust / dp aggregator: results held whole; "
-                      f"server.upload_slots {UPLOAD_SLOTS}, round_deadline_s {STALL_DEADLINE_S:g})",
-                      "cut off when their round closes; the slots are freed for the next round",
-                      "both uploads were cancelled at the round's deadline (CANCELLED); the next round's result was "
-                      "accepted at once")
-        return
-    assert fold1.count == 0 and fold1.weight == 0 and list(fold1.partial.values()) == [(25, np.float32(WEIGHT))] * 2
-    assert same_bits(sums(fold1)[:25], both) and not sums(fold1)[25:].any()
-    assert_fold_after_one_upload(rnd, True, valid_bytes(wire, 0.02), WEIGHT)  # round 2's own fold
-    faults.record(AREA, "stalled uploads (mean aggregator)", "2 sampled clients send a header and 100 bytes, then "
-                  f"nothing (mean aggregator: folded as they stream in; round_deadline_s {STALL_DEADLINE_S:g})",
-                  "cut off when their round closes; no upload slot taken; not results",
-                  "both uploads were cancelled at the round's deadline (CANCELLED) without holding a slot; each "
-                  "counts only for the 25 elements it delivered (partial), not as a result; the next round's "
-                  "result was accepted at once")
+    assert nothing_counted(aggregation1)
+    assert_sum_after_one_upload(rnd, True, valid_bytes(wire, 0.02), WEIGHT)  # round 2's own
+    faults.record(AREA, "stalled uploads holding every upload slot", f"{UPLOAD_SLOTS} sampled clients send a "
+                  f"header and 100 bytes, then nothing (server.upload_slots {UPLOAD_SLOTS}, round_deadline_s "
+                  f"{STALL_DEADLINE_S:g})", "cut off when their round closes; the slots are freed for the next round; "
+                  "nothing of them counts", "both uploads were cancelled at the round's deadline (CANCELLED); "
+                  "nothing of their 100 bytes reached the round's sum; the next round's result was accepted at once")
 
 
 def test_upload_streaming_when_the_round_closes_is_stale(wire: Wire, rnd: Round, faults) -> None:
     """Alice's upload is one chunk in when her round closes (its deadline passes and the round loop
-    closes its fold): her next chunk is refused FAILED_PRECONDITION (the fold raises RoundClosed),
-    she is not a result, and only the chunk she delivered before the close is in that round's sum,
-    as a cut-off upload. The next round's fold is untouched."""
+    closes it): her next chunk is refused FAILED_PRECONDITION, she is not a result, and nothing of
+    the chunk she delivered counts. The next round's aggregation is untouched."""
     body = valid_bytes(wire)
     release = threading.Event()
-    round1, fold1 = rnd.task, rnd.mean
+    round1, aggregation1 = rnd.task, rnd.aggregation
+    before = wire.telemetry.bytes_in
     future = wire.stub.SubmitResult.future(paused_after(stream(header(rnd, body), body), 2, release),
                                            timeout=CALL_TIMEOUT_S)
     try:
-        first = scaled(body, WEIGHT, FIRST_CHUNK)
-        wait_until(lambda: same_bits(sums(fold1)[:FIRST_CHUNK], first), "the first chunk was added")
+        wait_until(lambda: round1.uploading == {rnd.alice} and wire.telemetry.bytes_in == before + CHUNK,
+                   "the first chunk was received")
         round1.deadline = rnd.coordinator.clock()
         assert rnd.close(round1) == {}
         round2 = rnd.open(2)
@@ -951,99 +884,65 @@ def test_upload_streaming_when_the_round_closes_is_stale(wire: Wire, rnd: Round,
     code, detail = call(future.result)
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "closed while this result was streaming in" in detail, detail
     assert round1.results == {} and round1.uploading == set()
-    assert fold1.count == 0 and fold1.weight == 0 and list(fold1.partial.values()) == [(FIRST_CHUNK, np.float32(WEIGHT))]
-    assert same_bits(sums(fold1)[:FIRST_CHUNK], first) and not sums(fold1)[FIRST_CHUNK:].any()
-    assert round2.results == {} and rnd.fold is not fold1 and not sums(rnd.mean).any()
-    faults.record(AREA, "round closed mid-upload (mean aggregator)", "a result paused after its first 4 KiB chunk "
-                  "while its round passes the deadline and closes, then the rest of it",
-                  "FAILED_PRECONDITION; not a result",
-                  f"{code.name} ({stable(detail)}); only the chunk delivered before the close is in that round's sum, "
-                  f"as a cut-off upload ({FIRST_CHUNK} elements); the next round: "
-                  f"{assert_unaffected(wire, rnd, rnd.alice)}")
+    assert nothing_counted(aggregation1)
+    assert round2.results == {} and rnd.aggregation is not aggregation1 and nothing_counted(rnd.aggregation)
+    faults.record(AREA, "round closed mid-upload", "a result paused after its first 4 KiB chunk while its round "
+                  "passes the deadline and closes, then the rest of it", "FAILED_PRECONDITION; not a result; "
+                  "nothing of it counts",
+                  f"{code.name} ({stable(detail)}); the chunk delivered before the close was only staged: that round's "
+                  f"sum, count and weight stayed empty; the next round: {assert_unaffected(wire, rnd, rnd.alice)}")
 
 
-@pytest.mark.parametrize("buffered", [False, True], ids=["mean", "buffered"])
-def test_header_weight_must_be_the_payloads(wire: Wire, buffered: bool, faults) -> None:
-    """The header's update_weight (what the mean path folds with, before the payload's own weight
-    arrives) must be the payload's last float32: a result whose header says 10 and whose payload
-    says 5 is refused INVALID_ARGUMENT and is not a result. On the mean path its whole update was
-    added by then, with the header's weight, so it counts as a cut-off upload over all 2410
-    coordinates (never in the result count or the total weight) and the mean stays each
-    coordinate's weighted mean; on the buffered path nothing of it is kept and its slot is freed."""
-    rnd = open_round(wire, buffered=buffered)
+def test_header_weight_must_be_the_payloads(wire: Wire, faults) -> None:
+    """The header's update_weight (what the upload is admitted with, before the payload's own
+    weight arrives) must be the payload's last float32: a result whose header says 10 and whose
+    payload says 5 is refused INVALID_ARGUMENT once its whole update was received, is not a result,
+    and nothing of it counts (before, its whole update stayed in the running sum)."""
+    rnd = open_round(wire)
     body = valid_bytes(wire, fill=0.01, weight=5.0)
     received = wire.telemetry.bytes_in
     code, detail = submit(wire, stream(header(rnd, body, update_weight=WEIGHT), body))
     assert code == INVALID and "is not the header's" in detail, detail
     assert wire.telemetry.bytes_in == received + len(body)  # refused after the whole payload was read
     assert rnd.current().results == {} and rnd.current().uploading == set()
-    assert wire.free_slots() == UPLOAD_SLOTS
-    assert send_valid(wire, rnd, rnd.bob, fill=0.02) == (OK, "")
-    assert list(rnd.current().results) == [rnd.bob]
-    if buffered:
-        value = rnd.current().results[rnd.bob].value
-        assert value.weight == WEIGHT and all(np.all(u == np.float32(0.02)) for u in value.update)
-        faults.record(AREA, "header weight is not the payload's (robust / dp aggregator)", "a valid result with "
-                      "update_weight 5 under a header whose update_weight is 10; results held whole",
-                      "INVALID_ARGUMENT once decoded; nothing kept", f"{code.name} ({stable(detail)}); nothing kept, "
-                      "the upload slot freed; another client's result accepted afterwards")
-        return
-    fold = rnd.mean
-    assert fold.count == 1 and fold.weight == np.float32(WEIGHT)  # bob's alone
-    assert list(fold.partial.values()) == [(UPDATE_ELEMENTS, np.float32(WEIGHT))]  # alice's, folded with the header's weight
-    assert same_bits(sums(fold), scaled(body, WEIGHT) + scaled(valid_bytes(wire, 0.02), WEIGHT))
-    mean = np.concatenate([m.reshape(-1) for m in fold.mean()])
-    np.testing.assert_allclose(mean, (0.01 + 0.02) / 2, rtol=1e-6)
+    assert wire.free_slots() == UPLOAD_SLOTS and nothing_counted(rnd.aggregation)
     faults.record(AREA, "header weight is not the payload's", "a valid result with update_weight 5 under a header "
-                  "whose update_weight is 10 (mean aggregator: folded with the header's weight as it streams in)",
-                  "INVALID_ARGUMENT when the stream ends; not a result",
-                  f"{code.name} ({stable(detail)}); not a result (count and total weight unchanged); its "
-                  f"{UPDATE_ELEMENTS} elements, already added, count as a cut-off upload (partial), so the mean "
-                  "stays each coordinate's weighted mean; another client's result accepted afterwards")
+                  "whose update_weight is 10", "INVALID_ARGUMENT when the stream ends; not a result; nothing of it "
+                  "counts", f"{code.name} ({stable(detail)}); its 2410 elements were only staged: count, weight and "
+                  f"sum unchanged; {assert_unaffected(wire, rnd, rnd.bob)}")
 
 
 def test_chunk_with_nan_mid_stream_adds_nothing_of_itself(wire: Wire, rnd: Round, faults) -> None:
     """A result whose third 4 KiB chunk holds one NaN (update.2[100], after the finite update.1 and
-    update.2[:100] in the same chunk) is refused INVALID_ARGUMENT when that chunk arrives. Only the
-    first two chunks (2048 elements) are in the sum, with alice's weight counting for exactly
-    those coordinates; nothing of the third chunk was added, not even its finite numbers before
-    the NaN. The mean stays finite: bob's update wherever alice's did not reach."""
+    update.2[:100] in the same chunk) is refused INVALID_ARGUMENT when that chunk arrives. Nothing
+    of it counts: not the two chunks before (the streaming fold used to keep those, with the
+    client's weight for those coordinates, so a refused result still moved the model), not the
+    finite numbers of the third. The round's update is then bob's alone, bit for bit."""
     body = with_bits(wire, "update.2", 100, value=float("nan"))
     assert (wire.leaf("update.2").offset + 100 * 4) // CHUNK == 2
     code, detail = submit(wire, stream(header(rnd, body), body))
     assert code == INVALID and "update.2 holds NaN or Inf" in detail, detail
-    fold, before = rnd.mean, 2 * FIRST_CHUNK
-    assert fold.count == 0 and fold.weight == 0 and list(fold.partial.values()) == [(before, np.float32(WEIGHT))]
-    assert same_bits(sums(fold)[:before], scaled(body, WEIGHT, before)) and not sums(fold)[before:].any()
-    assert send_valid(wire, rnd, rnd.bob, fill=0.02) == (OK, "")
-    assert fold.count == 1 and fold.weight == np.float32(WEIGHT)
-    mean = np.concatenate([m.reshape(-1) for m in fold.mean()])
-    assert np.isfinite(mean).all()
-    np.testing.assert_allclose(mean[:before], (0.01 + 0.02) / 2, rtol=1e-6)
-    np.testing.assert_allclose(mean[before:], 0.02, rtol=1e-6)
-    faults.record(AREA, "NaN in the third chunk (mean aggregator)", "update.2[100] = NaN: the third of three 4 KiB "
-                  "chunks, after finite numbers in the same chunk", "INVALID_ARGUMENT; nothing of that chunk added",
-                  f"{code.name} ({stable(detail)}); only the first two chunks ({before} elements) are in the sum, as a "
-                  "cut-off upload; the mean stayed finite (another client's update where this one did not reach)")
+    assert nothing_counted(rnd.aggregation)
+    faults.record(AREA, "NaN in the third chunk", "update.2[100] = NaN: the third of three 4 KiB chunks, after "
+                  "finite numbers in the same chunk", "INVALID_ARGUMENT; nothing of the result counts",
+                  f"{code.name} ({stable(detail)}); the two chunks before were only staged: the round's sum, count and "
+                  f"weight stayed empty; {assert_unaffected(wire, rnd, rnd.bob)}")
 
 
-@pytest.mark.parametrize("buffered", [False, True], ids=["mean", "buffered"])
-def test_second_concurrent_upload_from_a_client_is_refused(wire: Wire, buffered: bool, faults) -> None:
+def test_second_concurrent_upload_from_a_client_is_refused(wire: Wire, faults) -> None:
     """A client whose result is still streaming in may not start a second upload (a client bug, or
     a replay racing the original): the second is refused ALREADY_EXISTS at once, before a byte of
     it is read or a slot taken, and the first goes on and is accepted, once, as it was sent."""
-    rnd = open_round(wire, buffered=buffered)
+    rnd = open_round(wire)
     first, second = valid_bytes(wire, fill=0.01), valid_bytes(wire, fill=-0.01)
     release = threading.Event()
     task = rnd.current()
+    before = wire.telemetry.bytes_in
     future = wire.stub.SubmitResult.future(paused_after(stream(header(rnd, first), first), 2, release),
                                            timeout=CALL_TIMEOUT_S)
-    try:
-        if buffered:  # the first holds a slot, waiting for the rest of its data
-            wait_until(lambda: wire.free_slots() == UPLOAD_SLOTS - 1, "the first upload took a slot")
-        else:
-            first_chunk = scaled(first, WEIGHT, FIRST_CHUNK)
-            wait_until(lambda: same_bits(sums(rnd.mean)[:FIRST_CHUNK], first_chunk), "the first chunk was added")
+    try:  # the first holds a slot, waiting for the rest of its data
+        wait_until(lambda: wire.free_slots() == UPLOAD_SLOTS - 1 and wire.telemetry.bytes_in == before + CHUNK,
+                   "the first upload took a slot and its first chunk was read")
         assert task.uploading == {rnd.alice}
         received, slots = wire.telemetry.bytes_in, wire.free_slots()
         code, detail = submit(wire, stream(header(rnd, second), second))
@@ -1053,68 +952,58 @@ def test_second_concurrent_upload_from_a_client_is_refused(wire: Wire, buffered:
     assert code == grpc.StatusCode.ALREADY_EXISTS and "already streaming in" in detail, detail
     assert call(future.result) == (OK, "")
     assert list(task.results) == [rnd.alice] and task.uploading == set() and wire.free_slots() == UPLOAD_SLOTS
-    if buffered:
-        value = task.results[rnd.alice].value
-        assert all(np.all(u == np.float32(0.01)) for u in value.update)
-    else:
-        assert_fold_after_one_upload(rnd, True, first, WEIGHT)  # the first, once; nothing of the second
-    path = "robust / dp aggregator" if buffered else "mean aggregator"
-    faults.record(AREA, f"second upload while the first streams in ({path})", "a client starts a second "
-                  "upload of a different result while its first is paused mid-stream", "ALREADY_EXISTS; the first "
-                  "accepted", f"{code.name} ({stable(detail)}), before a byte of it was read; the first was then "
-                  "accepted and counted once")
+    assert_sum_after_one_upload(rnd, True, first, WEIGHT)  # the first, once; nothing of the second
+    faults.record(AREA, "second upload while the first streams in", "a client starts a second upload of a different "
+                  "result while its first is paused mid-stream", "ALREADY_EXISTS; the first accepted",
+                  f"{code.name} ({stable(detail)}), before a byte of it was read; the first was then accepted and "
+                  "counted once")
 
 
 CONCURRENT = 8
 
 
-def test_concurrent_uploads_need_no_upload_slot(wire: Wire, faults) -> None:
-    """With the mean aggregator no result is held whole, so uploads take no upload slot: 8 sampled
-    clients stream at once while the test itself holds every slot. All 8 are mid-upload together
-    (each one's first chunk already in the sum), all are accepted, and the round's mean is numpy's
-    weighted mean of the 8 updates."""
+def test_concurrent_uploads_wait_for_upload_slots(wire: Wire, faults) -> None:
+    """8 sampled clients stream their results at once: at most ``upload_slots`` are staged at a
+    time (the others wait for a slot before a byte of theirs is read), all 8 are accepted, and
+    the round's mean is numpy's weighted mean of the 8 updates."""
     coordinator = new_coordinator(clients=CONCURRENT)
     wire.servicer.coordinator = coordinator
     ids = [coordinator.join(f"client-{i}").client_id for i in range(CONCURRENT)]
     rnd = Round(wire, coordinator, ids[0], ids[1], "")
-    task, fold = rnd.open(1), rnd.mean
+    task, aggregation = rnd.open(1), rnd.aggregation
     assert task.sampled == set(ids)
     rng = np.random.default_rng(7)
     updates = [[rng.standard_normal(leaf.shape).astype(np.float32) for leaf in wire.layout.leaves[:-1]]
                for _ in range(CONCURRENT)]
     weights = [1.5 * (i + 1) for i in range(CONCURRENT)]
     bodies = [bytes(wire.layout.encode([*u, np.float32(w)])) for u, w in zip(updates, weights, strict=True)]
-    first_chunks = sum(scaled(b, w, FIRST_CHUNK).astype(np.float64) for b, w in zip(bodies, weights, strict=True))
     release = threading.Event()
-    slots, held = wire.servicer.upload_slots, 0
-    while slots.acquire(blocking=False):
-        held += 1
+    before = wire.telemetry.bytes_in
     try:
-        assert held == UPLOAD_SLOTS
         calls = [wire.stub.SubmitResult.future(
             paused_after(stream(header(rnd, bodies[i], client_id=ids[i]), bodies[i]), 2, release),
             timeout=CALL_TIMEOUT_S) for i in range(CONCURRENT)]
-        wait_until(lambda: len(task.uploading) == CONCURRENT
-                   and np.allclose(sums(fold)[:FIRST_CHUNK], first_chunks, rtol=1e-5, atol=1e-4),
-                   "every upload's first chunk was added")
-        in_flight = set(task.uploading)
+        wait_until(lambda: len(task.uploading) == CONCURRENT and wire.free_slots() == 0,
+                   "every client is uploading and every slot is taken")
+        time.sleep(0.2)
+        staged_at_once = UPLOAD_SLOTS - wire.free_slots()
+        assert wire.telemetry.bytes_in - before <= UPLOAD_SLOTS * CHUNK  # only the staged ones were read
         release.set()
         codes = [call(f.result) for f in calls]
     finally:
         release.set()
-        for _ in range(held):
-            slots.release()
-    assert in_flight == set(ids) and task.results.keys() == set(ids)
-    assert codes == [(OK, "")] * CONCURRENT
-    assert fold.count == CONCURRENT and fold.weight == np.float32(sum(weights)) and fold.partial == {}
+    assert task.results.keys() == set(ids) and codes == [(OK, "")] * CONCURRENT
+    assert aggregation.count == CONCURRENT and total_weight(aggregation) == np.float32(sum(weights))
+    assert wire.free_slots() == UPLOAD_SLOTS
     reference = [sum(w * u[k].astype(np.float64) for u, w in zip(updates, weights, strict=True)) / sum(weights)
                  for k in range(len(updates[0]))]
-    for mean, ref in zip(fold.mean(), reference, strict=True):
+    aggregation.close()
+    for mean, ref in zip(aggregation.finish().update, reference, strict=True):
         np.testing.assert_allclose(mean, ref, rtol=1e-5, atol=1e-6)
-    faults.record(AREA, "many uploads at once (mean aggregator)", f"{CONCURRENT} sampled clients stream their "
-                  "results at once while every upload slot is taken", "all accepted without a slot; the mean exact",
-                  f"all {CONCURRENT} were mid-upload together and all were accepted (OK) with no upload slot free; "
-                  "the mean equals numpy's weighted mean (float64, within 1e-5)")
+    faults.record(AREA, "many uploads at once", f"{CONCURRENT} sampled clients stream their results at once "
+                  f"(server.upload_slots {UPLOAD_SLOTS})", "at most upload_slots staged at a time; all accepted; the "
+                  "mean exact", f"{staged_at_once} were staged at once while the others waited for a slot, unread; all "
+                  f"{CONCURRENT} were accepted (OK); the mean equals numpy's weighted mean (float64, within 1e-5)")
 
 
 JOIN_CASES = [
@@ -1142,15 +1031,15 @@ EXAMPLES = 150
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ALLOWED = ("a status from the allowed set; only exact, finite ClientResults accepted; a refused upload "
-           "leaves at most a finite prefix of its update, as a cut-off upload")
+           "leaves nothing in the round's aggregate")
 
 
-def assert_fold_after(rnd: Round, code: grpc.StatusCode, data: bytes, weight: float) -> None:
-    """:func:`assert_fold_after_one_upload`, and the round's results agree with ``code``."""
+def assert_sum_after(rnd: Round, code: grpc.StatusCode, data: bytes, weight: float) -> None:
+    """:func:`assert_sum_after_one_upload`, and the round's results agree with ``code``."""
     results = rnd.current().results
     assert len(results) == (1 if code == OK else 0), (code, list(results))
     assert rnd.current().uploading == set()
-    assert_fold_after_one_upload(rnd, code == OK, data, weight)
+    assert_sum_after_one_upload(rnd, code == OK, data, weight)
 
 
 def fuzz_submit(wire: Wire, rnd: Round, chunks: list[pb.ResultChunk]) -> grpc.StatusCode:
@@ -1162,10 +1051,9 @@ def fuzz_submit(wire: Wire, rnd: Round, chunks: list[pb.ResultChunk]) -> grpc.St
             if chunk.WhichOneof("part") != "data":
                 break
             data.append(chunk.data)
-        assert_fold_after(rnd, code, b"".join(data), chunks[0].header.update_weight)
+        assert_sum_after(rnd, code, b"".join(data), chunks[0].header.update_weight)
     else:  # refused before any upload began
-        assert code != OK and rnd.current().results == {}
-        assert rnd.mean.count == 0 and rnd.mean.partial == {} and not sums(rnd.mean).any()
+        assert code != OK and rnd.current().results == {} and nothing_counted(rnd.aggregation)
     assert wire.free_slots() == UPLOAD_SLOTS
     return code
 
@@ -1212,7 +1100,7 @@ def test_fuzz_mutated_payloads(wire: Wire, fuzz_payload: bytes, faults) -> None:
     """Bit flips, byte overwrites, non-finite exponents, insertions, deletions and truncations of a
     valid payload, under a truthful header and random chunking: refused as INVALID_ARGUMENT
     (size, NaN / Inf, weight), or accepted only as exactly the bytes sent, finite, weight > 0. A
-    refused upload leaves at most a finite prefix of its update in the sum, never a result."""
+    refused upload leaves nothing in the round's aggregate."""
     codes: set[str] = set()
 
     @FUZZ
@@ -1232,9 +1120,8 @@ def test_fuzz_mutated_payloads(wire: Wire, fuzz_payload: bytes, faults) -> None:
 
 def test_fuzz_data_chunk_framings(wire: Wire, fuzz_payload: bytes, faults) -> None:
     """A valid payload in random chunks, each framed at random (every framing above, good or bad,
-    or a bit flipped in a chunk's first bytes): the server's answer and what it folds in (the whole
-    result, or the prefix read before a refusal) must be what protobuf's reading of the same
-    messages implies."""
+    or a bit flipped in a chunk's first bytes): the server's answer and what it adds to the round
+    (the whole result, or nothing) must be what protobuf's reading of the same messages implies."""
     codes: set[str] = set()
     framings = [*FRAMINGS.values(), *BAD_FRAMINGS.values()]
 
@@ -1258,9 +1145,8 @@ def test_fuzz_data_chunk_framings(wire: Wire, fuzz_payload: bytes, faults) -> No
         reading = protobuf_reading(messages)
         weight = trailing_weight(fuzz_payload)
         assert code == (OK if reading is not None and acceptable(wire, reading, weight) else INVALID), (code, detail)
-        # A flipped bit may land in the data itself: what was folded is what protobuf reads.
-        assert_fold_after(rnd, code, reading if code == OK and reading is not None else protobuf_prefix(messages),
-                          weight)
+        # A flipped bit may land in the data itself: what was added is what protobuf reads.
+        assert_sum_after(rnd, code, reading if code == OK and reading is not None else b"", weight)
         assert wire.free_slots() == UPLOAD_SLOTS
         codes.add(code.name)
 
@@ -1268,7 +1154,7 @@ def test_fuzz_data_chunk_framings(wire: Wire, fuzz_payload: bytes, faults) -> No
     assert codes == {"OK", "INVALID_ARGUMENT"}
     faults.record(AREA, "fuzz: data chunk framings", f"{EXAMPLES} valid payloads in random chunks, each framed at "
                   "random (canonical, overlong varint, repeated field, unknown fields, header and data in one message, "
-                  "bad lengths, a flipped framing bit)", "the answer and the folded result are what protobuf's "
+                  "bad lengths, a flipped framing bit)", "the answer and the counted result are what protobuf's "
                   "reading of the same messages implies", seen(codes))
 
 
@@ -1326,7 +1212,7 @@ def test_fuzz_raw_messages(wire: Wire, faults) -> None:
         code, detail = call(lambda: wire.raw("SubmitResult", True)(iter(messages), timeout=CALL_TIMEOUT_S))
         assert code in REFUSALS, (code, detail)  # nothing random is a valid result
         assert rnd.current().results == {} and rnd.current().uploading == set()
-        assert rnd.mean.count == 0 and rnd.mean.partial == {} and not sums(rnd.mean).any()  # no upload began
+        assert nothing_counted(rnd.aggregation)  # no upload began
         assert wire.free_slots() == UPLOAD_SLOTS
         codes.add(code.name)
         join = messages[0] if messages else b""
@@ -1341,20 +1227,17 @@ def test_fuzz_raw_messages(wire: Wire, faults) -> None:
                   f"SubmitResult {seen(codes)}; Join: {', '.join(sorted(join_codes))}")
 
 
-def test_a_resent_result_resumes_the_cut_off_upload_and_counts_once(wire: Wire, rnd: Round, faults) -> None:
-    """Clients resend a result whose stream broke. The resend must not add what the broken stream
-    delivered a second time: it resumes where that one stopped, and the client then counts once,
-    in full, exactly as if the first stream had not broken."""
+def test_a_resent_result_after_a_broken_stream_counts_once(wire: Wire, rnd: Round, faults) -> None:
+    """Clients resend a result whose stream broke. Nothing of the broken stream counted; the resend
+    is staged afresh and counts once, in full, exactly as if the first stream had not broken."""
     data = valid_bytes(wire, 0.02)
     cut = 4096 + 6  # 1025 elements and half of the next
     code, detail = submit(wire, stream(header(rnd, data, client_id=rnd.alice), data[:cut]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "stream ended after" in detail
-    assert list(rnd.mean.partial) == [rnd.alice] and rnd.mean.count == 0
+    assert nothing_counted(rnd.aggregation) and rnd.current().results == {}
     assert send_valid(wire, rnd, rnd.alice, fill=0.02) == (OK, "")
-    fold = rnd.mean
-    assert fold.count == 1 and fold.weight == np.float32(WEIGHT) and fold.partial == {}
-    assert same_bits(sums(fold), scaled(data, WEIGHT))  # every element once
+    assert_sum_after_one_upload(rnd, True, data, WEIGHT)  # every element once
     faults.record(AREA, "resent result after a broken stream",
            "a client's stream ends after 4102 of its bytes; it resends the whole result",
-           "counted once, in full", "INVALID_ARGUMENT for the broken stream; the resend resumed after the "
-           "1025 elements already added and was accepted; the sum holds every element exactly once")
+           "counted once, in full", "INVALID_ARGUMENT for the broken stream, of which nothing counted; the resend "
+           "was accepted; the sum holds every element exactly once")

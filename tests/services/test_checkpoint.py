@@ -147,7 +147,7 @@ def _write(tmp_path: Path, blob: bytes) -> None:
     "damage",
     [
         pytest.param(lambda b: b"X" + b[1:], id="magic"),
-        pytest.param(lambda b: MAGIC.replace(b"\x03", b"\x02") + b[len(MAGIC):], id="older-version"),
+        pytest.param(lambda b: MAGIC.replace(b"\x04", b"\x03") + b[len(MAGIC):], id="older-version"),
         pytest.param(lambda b: b"", id="empty"),
         pytest.param(lambda b: b[: len(MAGIC) + 4], id="cut-in-digest"),
         pytest.param(lambda b: b"some other file entirely", id="foreign"),

@@ -78,6 +78,7 @@ def test_derived_values_follow_their_sources() -> None:
         ({"training": {"min_results": 0}}, "training.min_results"),
         ({"training": {"round_deadline_s": 0}}, "training.round_deadline_s"),
         ({"training": {"client_learning_rate": -0.1}}, "training.client_learning_rate"),
+        ({"training": {"dp_clip": 0}}, "training.dp_clip"),
         ({"training": {"aggregator": "median"}}, "training.aggregator"),
         ({"training": {"server_optimizer": "rmsprop"}}, "training.server_optimizer"),
         ({"training": {"seed": -1}}, "training.seed"),
@@ -107,6 +108,13 @@ def test_cross_field_errors_say_how_to_fix() -> None:
     assert "training.clients_per_round" in message and "training.min_clients" in message
     message = config_error({"security": {"tls": False, "mutual_tls": True}})
     assert "security.tls" in message
+    # TFF's adaptive DP clipping noises the clipped count with 0.05 x clients_per_round: a noise
+    # multiplier of 2 x that or more is refused before the server starts (TFF would refuse it then)
+    dp = {"aggregator": "dp", "dp_noise_multiplier": 0.2, "clients_per_round": 2, "min_clients": 2}
+    message = config_error({"training": dp})
+    assert all(k in message for k in ("training.clients_per_round", "training.dp_noise_multiplier", "training.dp_clip"))
+    assert from_mapping({"training": {**dp, "dp_noise_multiplier": 0.19}}).training.dp_noise_multiplier == 0.19
+    assert from_mapping({"training": {**dp, "dp_clip": 1.0}}).training.dp_clip == 1.0  # fixed clipping: no count noise
 
 
 @pytest.mark.parametrize(

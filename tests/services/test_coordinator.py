@@ -15,10 +15,21 @@ import numpy as np
 import pytest
 from support.clock import FakeClock
 
+from services.common import tensors
 from services.server import coordinator as coordinator_module
-from services.server.coordinator import Coordinator, Reject, Result, RoundTask, TaskKind
+from services.server.aggregation import RoundAggregation, Slots
+from services.server.aggregation.mean import Mean
+from services.server.coordinator import Coordinator, Metrics, Reject, RoundTask, TaskKind
 
 PAYLOAD = b"global model"
+LAYOUT = tensors.Layout((tensors.Leaf("update.0", np.dtype("<f4"), (2,), 0),
+                         tensors.Leaf("update_weight", np.dtype("<f4"), (), 8)), 12, "0123456789abcdef")
+
+
+def agg() -> RoundAggregation:
+    """A round's aggregation (the coordinator only keeps it and closes it with the round)."""
+    mean = Mean(LAYOUT, Slots(1))
+    return mean.open_round(mean.initial_state())
 
 
 def make(*, min_clients: int = 2, per_round: int = 2, deadline: float = 30.0, shards: int = 2, seed: int = 0,
@@ -27,8 +38,8 @@ def make(*, min_clients: int = 2, per_round: int = 2, deadline: float = 30.0, sh
                        num_shards=shards, rng=np.random.default_rng(seed), **kwargs)
 
 
-def result(weight: float = 1.0) -> Result:
-    return Result(value=weight, metrics={"num_examples": weight}, payload_bytes=1)
+def result(weight: float = 1.0) -> Metrics:
+    return {"num_examples": weight}
 
 
 def join_all(c: Coordinator, n: int, prefix: str = "client") -> dict[str, str]:
@@ -118,7 +129,7 @@ def test_next_task_waits_then_returns_wait() -> None:
 def test_sampled_clients_get_train_others_wait() -> None:
     c = make(min_clients=3, per_round=2)
     ids = join_all(c, 3)
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     assert len(task.sampled) == 2 and task.sampled <= set(ids.values())
     for cid in ids.values():
         kind, got = c.next_task(cid, 0)
@@ -137,7 +148,7 @@ def test_waiting_poll_wakes_when_a_round_opens(pool: ThreadPoolExecutor) -> None
     time.sleep(0.1)
     assert not poll.done()
     started = time.monotonic()
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     assert poll.result(timeout=10) == (TaskKind.TRAIN, task)
     assert time.monotonic() - started < 10  # woken, not at the 20 s poll timeout
 
@@ -145,7 +156,7 @@ def test_waiting_poll_wakes_when_a_round_opens(pool: ThreadPoolExecutor) -> None
 def test_answered_client_gets_no_second_task() -> None:
     c = make(min_clients=1, per_round=1)
     cid = c.join("a").client_id
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     assert c.next_task(cid, 0)[0] is TaskKind.TRAIN
     assert c.next_task(cid, 0)[0] is TaskKind.TRAIN  # a retried poll gets the same task
     c.submit(cid, task.task_id, 1, result())
@@ -156,7 +167,7 @@ def test_no_task_after_the_deadline() -> None:
     clock = FakeClock()
     c = make(min_clients=1, per_round=1, deadline=10, clock=clock)
     cid = c.join("a").client_id
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     assert task.remaining(clock()) == 10
     clock.advance(10)
     assert task.remaining(clock()) == 0
@@ -188,7 +199,7 @@ def test_wait_all_told_done_waits_for_live_clients() -> None:
 def test_finish_closes_the_open_round() -> None:
     c = make(min_clients=1, per_round=1)
     cid = c.join("a").client_id
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     c.finish()
     with pytest.raises(Reject) as info:
         c.submit(cid, task.task_id, 1, result())
@@ -202,7 +213,7 @@ def test_sampling_picks_distinct_live_clients(live: int, per_round: int) -> None
     ids = set(join_all(c, live).values())
     seen: set[str] = set()
     for r in range(1, 30):
-        task = c.open_round(r, PAYLOAD, "layout")
+        task = c.open_round(r, PAYLOAD, "layout", agg())
         assert len(task.sampled) == min(per_round, live)
         assert task.sampled <= ids
         seen |= task.sampled
@@ -210,7 +221,7 @@ def test_sampling_picks_distinct_live_clients(live: int, per_round: int) -> None
 
 
 def test_sampling_with_no_live_clients_is_empty() -> None:
-    task = make().open_round(1, PAYLOAD, "layout")
+    task = make().open_round(1, PAYLOAD, "layout", agg())
     assert task.sampled == frozenset()
 
 
@@ -223,7 +234,7 @@ def deterministic_ids(monkeypatch: pytest.MonkeyPatch) -> None:
 def _sampled_names(seed: int, rounds: int = 20, clients: int = 12, per_round: int = 3) -> list[frozenset[str]]:
     c = make(min_clients=clients, per_round=per_round, seed=seed)
     by_id = {cid: name for name, cid in join_all(c, clients).items()}
-    return [frozenset(by_id[cid] for cid in c.open_round(r, PAYLOAD, "layout").sampled) for r in range(1, rounds + 1)]
+    return [frozenset(by_id[cid] for cid in c.open_round(r, PAYLOAD, "layout", agg()).sampled) for r in range(1, rounds + 1)]
 
 
 def test_sampling_is_deterministic_for_a_seeded_rng(deterministic_ids: None) -> None:
@@ -245,7 +256,7 @@ def test_clients_not_seen_for_liveness_s_are_not_sampled() -> None:
     c.next_task(b, 0)  # b polls, a stays silent
     clock.advance(5)  # a last seen 13 s ago, b 5 s ago
     assert c.live_clients() == [b]
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     assert task.sampled == {b}
     clock.advance(1)
     c.join("a")  # a is back
@@ -266,7 +277,7 @@ def test_busy_client_stays_live_until_the_round_closes() -> None:
     clock = FakeClock()
     c = make(min_clients=1, per_round=1, liveness_s=10, deadline=100, clock=clock)
     a = c.join("a").client_id
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     assert c.next_task(a, 0)[0] is TaskKind.TRAIN
     clock.advance(50)  # training takes a while; no polls meanwhile
     assert c.live_clients() == [a]
@@ -291,7 +302,7 @@ def test_wait_for_clients(pool: ThreadPoolExecutor) -> None:
 def test_wait_round_returns_early_when_all_answered(pool: ThreadPoolExecutor) -> None:
     c = make(min_clients=2, per_round=2, deadline=25)
     ids = list(join_all(c, 2).values())
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     started = time.monotonic()
     waiting = in_thread(pool, c.wait_round, task)
     c.submit(ids[0], task.task_id, 1, result(1))
@@ -300,14 +311,14 @@ def test_wait_round_returns_early_when_all_answered(pool: ThreadPoolExecutor) ->
     c.submit(ids[1], task.task_id, 1, result(2))
     got = waiting.result(timeout=20)
     assert time.monotonic() - started < 20  # not at the 25 s deadline
-    assert {cid: r.value for cid, r in got.items()} == {ids[0]: 1, ids[1]: 2}
+    assert {cid: r["num_examples"] for cid, r in got.items()} == {ids[0]: 1, ids[1]: 2}
 
 
 @pytest.mark.timeout(30)
 def test_wait_round_returns_at_the_deadline(pool: ThreadPoolExecutor) -> None:
     c = make(min_clients=2, per_round=2, deadline=0.4)
     ids = list(join_all(c, 2).values())
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     started = time.monotonic()
     waiting = in_thread(pool, c.wait_round, task)
     c.submit(ids[0], task.task_id, 1, result())
@@ -320,7 +331,7 @@ def test_wait_round_returns_at_the_deadline(pool: ThreadPoolExecutor) -> None:
 def test_late_result_after_the_round_closed_is_stale() -> None:
     c = make(min_clients=2, per_round=2, deadline=0.05)
     ids = list(join_all(c, 2).values())
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     c.submit(ids[0], task.task_id, 1, result())
     assert set(c.wait_round(task)) == {ids[0]}
     for check in (c.begin_upload, lambda *a: c.submit(*a, result())):
@@ -332,21 +343,21 @@ def test_late_result_after_the_round_closed_is_stale() -> None:
 def test_results_of_the_next_round_do_not_mix() -> None:
     c = make(min_clients=1, per_round=1, deadline=0.05)
     cid = c.join("a").client_id
-    first = c.open_round(1, PAYLOAD, "layout")
+    first = c.open_round(1, PAYLOAD, "layout", agg())
     c.wait_round(first)
-    second = c.open_round(2, PAYLOAD, "layout")
+    second = c.open_round(2, PAYLOAD, "layout", agg())
     assert second.task_id != first.task_id
     with pytest.raises(Reject, match="not open"):
         c.submit(cid, first.task_id, 1, result())
     c.submit(cid, second.task_id, 2, result(5))
-    assert first.results == {} and second.results[cid].value == 5
+    assert first.results == {} and second.results[cid]["num_examples"] == 5
 
 
 @pytest.fixture
 def open_round() -> tuple[Coordinator, RoundTask, dict[str, str]]:
     c = make(min_clients=3, per_round=2, seed=0)
     ids = join_all(c, 3)
-    return c, c.open_round(4, PAYLOAD, "layout"), ids
+    return c, c.open_round(4, PAYLOAD, "layout", agg()), ids
 
 
 @pytest.mark.parametrize("how", ["begin_upload", "submit"])
@@ -370,7 +381,7 @@ def test_submission_refusals(open_round: tuple[Coordinator, RoundTask, dict[str,
     assert attempt(outsider, task.task_id, 4) == "not_sampled"
     c.submit(sampled[0], task.task_id, 4, result(1))
     assert attempt(sampled[0], task.task_id, 4) == "duplicate"
-    assert task.results[sampled[0]].value == 1  # the first result stands
+    assert task.results[sampled[0]]["num_examples"] == 1  # the first result stands
     assert c.begin_upload(sampled[1], task.task_id, 4) is task
 
 
@@ -382,24 +393,26 @@ def test_submit_without_an_open_round_is_stale() -> None:
     assert info.value.reason == "stale"
 
 
-def test_fold_and_payload_are_kept_as_given_and_never_called(
+def test_the_aggregation_and_payload_are_kept_as_given_and_closed_with_the_round(
         open_round: tuple[Coordinator, RoundTask, dict[str, str]]) -> None:
-    """The round's fold is the servicer's business (it streams results into it): the coordinator
-    keeps it on the task, never calls it, and keeps each accepted result as it was handed over."""
+    """The round's aggregation is the servicer's business (results stream into it): the coordinator
+    keeps it on the task, keeps each accepted result's metrics as handed over, and closes the
+    aggregation when the round closes, so no upload of it can count any more."""
     c, _, ids = open_round
-    called: list[Any] = []
-
-    def fold(value: Any) -> None:
-        called.append(value)
-
     payload = (b"first tensor", memoryview(b"second"))  # a model sent as several buffers
-    task = c.open_round(5, payload, "layout", fold=fold)
-    assert task.fold is fold and task.payload is payload
+    aggregation = agg()
+    task = c.open_round(5, payload, "layout", aggregation)
+    assert task.aggregation is aggregation and task.payload is payload and not aggregation.closed
     cid = sorted(task.sampled)[0]
     r = result(3)
     c.submit(cid, task.task_id, 5, r)
-    assert called == [] and task.results[cid] is r
-    assert c.open_round(6, PAYLOAD, "layout").fold is None
+    assert task.results[cid] is r and aggregation.count == 0  # nothing committed it
+    task.deadline = c.clock()
+    c.wait_round(task)
+    assert aggregation.closed
+    finishing = c.open_round(6, PAYLOAD, "layout", agg())
+    c.finish()
+    assert finishing.aggregation.closed
 
 
 # ---- uploads in flight ----------------------------------------------------------------------------
@@ -423,7 +436,7 @@ def test_second_upload_while_one_streams_is_duplicate(
     with pytest.raises(Reject, match="already accepted") as info:
         c.begin_upload(a, task.task_id, 4)
     assert info.value.reason == "duplicate"
-    assert task.results[a].value == 7 and task.uploading == {b}
+    assert task.results[a]["num_examples"] == 7 and task.uploading == {b}
 
 
 @pytest.mark.timeout(30)
@@ -451,10 +464,10 @@ def test_concurrent_uploads_from_one_client_let_exactly_one_in(
 def test_an_upload_left_open_does_not_block_the_next_round() -> None:
     c = make(min_clients=1, per_round=1, deadline=0.05)
     cid = c.join("a").client_id
-    first = c.open_round(1, PAYLOAD, "layout")
+    first = c.open_round(1, PAYLOAD, "layout", agg())
     c.begin_upload(cid, first.task_id, 1)  # still streaming when the round closes
     assert c.wait_round(first) == {}
-    second = c.open_round(2, PAYLOAD, "layout")
+    second = c.open_round(2, PAYLOAD, "layout", agg())
     assert c.begin_upload(cid, second.task_id, 2) is second
     c.end_upload(first, cid)  # the old upload ends late: it touches only its own round
     assert first.uploading == set() and second.uploading == {cid}
@@ -478,7 +491,7 @@ def test_on_accept_runs_once_under_the_lock_before_the_result_counts(
     c.submit(cid, task.task_id, 4, result(2), on_accept=on_accept)
     assert seen == [(False, False)]  # the lock was held, and the result was not yet recorded
     assert len(probes[0].result(timeout=10)) == 3  # ... and released afterwards
-    assert task.results[cid].value == 2
+    assert task.results[cid]["num_examples"] == 2
 
 
 @pytest.mark.parametrize(("why", "reason"), [("other-task", "stale"), ("other-round", "stale"), ("closed", "stale"),
@@ -508,7 +521,7 @@ def test_on_accept_never_runs_for_a_refused_result(
         c.submit(cid, task_id, round_number, result(9), on_accept=lambda: calls.append(1))
     assert info.value.reason == reason
     assert calls == []
-    assert {k: r.value for k, r in task.results.items()} == {sampled[0]: 1}
+    assert {k: r["num_examples"] for k, r in task.results.items()} == {sampled[0]: 1}
 
 
 def test_failing_on_accept_records_nothing_and_propagates(
@@ -526,7 +539,7 @@ def test_failing_on_accept_records_nothing_and_propagates(
     assert c.next_task(cid, 0) == (TaskKind.TRAIN, task)  # still owed a result, not a duplicate
     calls: list[int] = []
     c.submit(cid, task.task_id, 4, result(2), on_accept=lambda: calls.append(1))
-    assert calls == [1] and task.results[cid].value == 2
+    assert calls == [1] and task.results[cid]["num_examples"] == 2
 
 
 # ---- stopping -----------------------------------------------------------------------------------
@@ -534,7 +547,7 @@ def test_failing_on_accept_records_nothing_and_propagates(
 def test_stop_unblocks_every_waiter(pool: ThreadPoolExecutor) -> None:
     c = make(min_clients=3, per_round=1, deadline=60)
     ids = list(join_all(c, 2).values())
-    task = c.open_round(1, PAYLOAD, "layout")
+    task = c.open_round(1, PAYLOAD, "layout", agg())
     idle = next(cid for cid in ids if cid not in task.sampled)
     waiters = {
         "poll": in_thread(pool, c.next_task, idle, 60.0),
@@ -549,5 +562,4 @@ def test_stop_unblocks_every_waiter(pool: ThreadPoolExecutor) -> None:
     assert waiters["round"].result(timeout=5) == {}
     assert waiters["clients"].result(timeout=5) is False
     assert time.monotonic() - started < 10
-    assert c.stopped
     assert c.wait_for_clients() is False

@@ -1,9 +1,10 @@
 """The correctness guards of the in-process TFF: the client update and the server's optimizer step
-run as ``tf.function``s in this process instead of through TFF's execution context, and the mean
-is folded in chunk by chunk as results stream in (tests/services/test_fold.py). Each must compute what TFF itself computes:
-``client_work.next`` for the client, ``build_apply_optimizer_finalizer``'s ``next`` for the
-server (non-finite updates rejected); and the server state must survive its checkpoint form. The TFF references run in a :class:`TffRuntime` (TFF's
-``worker_binary``), started once for the module.
+run as ``tf.function``s in this process instead of through TFF's execution context. Each must
+compute what TFF itself computes: ``client_work.next`` for the client,
+``build_apply_optimizer_finalizer``'s ``next`` for the server (non-finite updates rejected); and
+the server state must survive its checkpoint form. (The aggregators' equality with TFF's:
+tests/services/test_aggregators_equal_tff.py.) The TFF references run in a :class:`TffRuntime`
+(TFF's ``worker_binary``), started once for the module.
 
 Keras note: tracing TFF's client work (``task.weights_type``) builds a Keras model inside a
 ``tf.Graph``, which invalidates Keras models made before it, so the one task's types are traced
@@ -11,14 +12,12 @@ first and every other object is built from that task."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 
 from services.client.trainer import ClientUpdate
 from services.common import chunking, tensors
@@ -27,10 +26,10 @@ from services.common.config import ModelSettings, TrainingSettings
 from services.common.data import digits_shard
 from services.common.task import Task, server_optimizer, to_dataset
 from services.common.tensors import LayoutError
-from services.common.tff_runtime import TffRuntime, use_in_this_thread
+from services.common.tff_runtime import TffRuntime
 from services.server import algorithm
-from services.server.algorithm import OptimizerStep, Result, ServerAlgorithm
-from services.server.fold import StreamingMean
+from services.server.aggregation import Outcome, Slots, aggregator_for
+from services.server.algorithm import OptimizerStep, ServerAlgorithm
 
 TRAINING = TrainingSettings(local_epochs=1)
 TOL = 1e-6
@@ -41,16 +40,6 @@ def task() -> Task:
     t = Task(TRAINING, ModelSettings())
     t.weights_type, t.result_type  # noqa: B018 (trace the client work first: see the module doc)
     return t
-
-
-@pytest.fixture(scope="module")
-def runtime() -> Iterator[TffRuntime]:
-    before = context_stack_impl.context_stack.current
-    try:
-        with TffRuntime() as rt:
-            yield rt
-    finally:  # not a context whose worker is gone, for whatever runs after this module
-        context_stack_impl.context_stack.set_default_context(before)
 
 
 @pytest.fixture(scope="module")
@@ -233,26 +222,40 @@ def test_optimizer_step_reads_in_place_and_never_writes_its_inputs(task: Task, a
     assert not any(np.shares_memory(a, b) for a in new for b in [*trainable, *kept_update])
 
 
+def server_algorithm(task: Task, training: TrainingSettings) -> ServerAlgorithm:
+    return ServerAlgorithm(task, training, aggregator_for(training, task.result_layout, Slots(2)))
+
+
+Results = list[tuple[list[np.ndarray], float]]
+
+
+def aggregated(alg: ServerAlgorithm, state: algorithm.ServerState, results: Results) -> Outcome:
+    """``results`` streamed into a round's aggregation and committed, as the servicer does, then
+    finished into the round's outcome."""
+    layout, rnd = alg.aggregator.layout, alg.aggregator.open_round(state.aggregator)
+    for i, (update, weight) in enumerate(results):
+        upload = rnd.receive(f"client-{i}", weight, timeout=10)
+        for part in chunking.data_messages(layout.encode([*update, np.float32(weight)]), 4096):
+            view = chunking.data_of(part)
+            assert view is not None
+            upload.feed(view)
+        upload.finish()
+        rnd.commit(upload)
+    return rnd.finish()
+
+
+def one_round(alg: ServerAlgorithm, state: algorithm.ServerState, results: Results) -> algorithm.ServerState:
+    return alg.apply(state, aggregated(alg, state, results))
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_optimizer_state_has_tffs_dtypes(task: Task, optimizer: str) -> None:
-    alg = ServerAlgorithm(task, TrainingSettings(server_optimizer=optimizer))
+    alg = server_algorithm(task, TrainingSettings(server_optimizer=optimizer))
     state = alg.initialize()
     for s in (state.finalizer, alg.step.initialize()):
         assert [np.asarray(x).dtype for x in tensors.flatten(s)] == [leaf.dtype for leaf in alg.finalizer_layout.leaves]
-    after = alg.apply_mean(state, folded(alg, two_results(alg, seed=1))).finalizer
+    after = one_round(alg, state, two_results(alg, seed=1)).finalizer
     assert [np.asarray(x).dtype for x in tensors.flatten(after)] == [leaf.dtype for leaf in alg.finalizer_layout.leaves]
-
-
-def folded(alg: ServerAlgorithm, results: list[Result]) -> StreamingMean:
-    """``results`` streamed into the round's running sum, as the servicer does."""
-    layout, fold = alg.result_layout, alg.new_fold()
-    assert fold is not None
-    for i, r in enumerate(results):
-        upload = fold.begin(f"client-{i}", r.weight)
-        upload.feed(layout.encode([*r.update, np.float32(r.weight)]))
-        upload.finish()
-        upload.commit()
-    return fold
 
 
 # ---- the server state's checkpoint form --------------------------------------------------------
@@ -262,10 +265,7 @@ def assert_same_state(a: algorithm.ServerState, b: algorithm.ServerState, tol: f
         assert b"".join(a.payload) == b"".join(b.payload)
     assert max_diff(a.weights, b.weights) <= tol
     assert same_as_typed(a.finalizer, b.finalizer) <= tol  # (dtypes: see test_optimizer_state_has_tffs_dtypes)
-    ga, gb = tensors.flatten(a.aggregator), tensors.flatten(b.aggregator)
-    assert len(ga) == len(gb)
-    for x, y in zip(ga, gb, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert a.aggregator == b.aggregator
 
 
 def through_a_file(parts: list[Any]) -> list[memoryview]:
@@ -280,37 +280,35 @@ def through_a_file(parts: list[Any]) -> list[memoryview]:
     return out
 
 
-def two_results(alg: ServerAlgorithm, seed: int) -> list[Result]:
-    layout = alg.result_layout
-    out = []
-    for i, w in enumerate((3.0, 5.0)):
-        leaves = random_like(layout, seed=seed + i)
-        leaves[-1] = np.float32(w)
-        out.append(algorithm.decode_result(layout, layout.encode(leaves)))
-    return out
+def two_results(alg: ServerAlgorithm, seed: int) -> Results:
+    return [(random_like(alg.aggregator.layout, seed=seed + i)[:-1], w) for i, w in enumerate((3.0, 5.0))]
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_mean_state_round_trips(task: Task, optimizer: str) -> None:
-    alg = ServerAlgorithm(task, TrainingSettings(server_optimizer=optimizer, server_learning_rate=0.1))
-    assert alg.streaming
+@pytest.mark.parametrize(("aggregator", "optimizer"), [("mean", "sgd"), ("mean", "adam"), ("robust", "adam"),
+                                                       ("dp", "sgd")])
+def test_state_round_trips(task: Task, aggregator: str, optimizer: str) -> None:
+    """A state written to a checkpoint and read back is the same state (the aggregator's adaptive
+    norms included), and it trains on exactly as the original does."""
+    training = TrainingSettings(aggregator=aggregator, server_optimizer=optimizer, server_learning_rate=0.1,
+                                dp_noise_multiplier=0.0, clients_per_round=2, min_clients=2)
+    alg = server_algorithm(task, training)
     state = alg.initialize()
     for r in range(2):
-        state = alg.apply_mean(state, folded(alg, two_results(alg, seed=10 * r)))
+        state = one_round(alg, state, two_results(alg, seed=10 * r))
     assert state.round == 2
+    if aggregator != "mean":
+        assert state.aggregator != alg.aggregator.initial_state()  # the norms did adapt
     restored = alg.decode_state(state.round, through_a_file(alg.encode_state(state)))
     assert_same_state(state, restored)
-    # the restored optimizer state is as good as the original: the next round is the same
+    # the restored state is as good as the original: the next round is the same
     results = two_results(alg, seed=99)
-    after: list[algorithm.ServerState] = []
-    for s in (state, restored):
-        after.append(alg.apply_mean(s, folded(alg, results)))
+    after = [one_round(alg, s, results) for s in (state, restored)]
     assert_same_state(after[0], after[1], tol=TOL)  # exact once the live state has TFF's dtypes
     assert max_diff(after[0].weights, state.weights) > 1e-4
 
 
 def test_decode_state_refuses_damage(task: Task) -> None:
-    alg = ServerAlgorithm(task, TrainingSettings(server_optimizer="adam"))
+    alg = server_algorithm(task, TrainingSettings(server_optimizer="adam", aggregator="robust"))
     parts = [b"".join(segments(p)) for p in alg.encode_state(alg.initialize())]
     with pytest.raises(LayoutError, match="3 parts"):
         alg.decode_state(0, parts[:2])
@@ -318,31 +316,16 @@ def test_decode_state_refuses_damage(task: Task) -> None:
         alg.decode_state(0, [parts[0][:-4], *parts[1:]])
     with pytest.raises(LayoutError, match="expected"):
         alg.decode_state(0, [parts[0], parts[1] + b"\0\0\0\0", parts[2]])
+    with pytest.raises(LayoutError, match="robust aggregator's state"):
+        alg.decode_state(0, [parts[0], parts[1], parts[2][:-4]])
     nan = bytearray(parts[0])
     nan[:4] = np.float32(np.nan).tobytes()
     with pytest.raises(LayoutError, match=r"trainable\.0 holds NaN"):
         alg.decode_state(0, [nan, *parts[1:]])
 
 
-def test_robust_state_round_trips(task: Task, runtime: TffRuntime) -> None:
-    alg = ServerAlgorithm(task, TrainingSettings(aggregator="robust"), run_tff=use_in_this_thread)
-    assert not alg.streaming
-    state = alg.initialize()
-    state = alg.apply(state, two_results(alg, seed=5))
-    assert state.round == 1
-    restored = alg.decode_state(state.round, through_a_file(alg.encode_state(state)))
-    assert_same_state(state, restored)
-    results = two_results(alg, seed=50)
-    assert_same_state(alg.apply(state, results), alg.apply(restored, results), tol=TOL)
-
-
-def test_decode_result_and_model_weights(task: Task) -> None:
-    layout = tensors.Layout.of(task.result_type)
-    leaves = random_like(layout, seed=4)
-    leaves[-1] = np.float32(12.0)
-    result = algorithm.decode_result(layout, layout.encode(leaves))
-    assert result.weight == 12.0 and isinstance(result.weight, float)
-    assert max_diff(result.update, leaves[:-1]) == 0.0
-    weights = algorithm.as_model_weights(task, result.update)
+def test_model_weights_of_the_layouts_leaves(task: Task) -> None:
+    leaves = random_like(task.weights_layout, seed=4)
+    weights = algorithm.as_model_weights(task, leaves)
     assert isinstance(weights, tff.learning.models.ModelWeights)
-    assert max_diff(list(weights.trainable), leaves[:-1]) == 0.0 and list(weights.non_trainable) == []
+    assert max_diff(list(weights.trainable), leaves) == 0.0 and list(weights.non_trainable) == []

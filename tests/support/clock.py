@@ -1,14 +1,26 @@
-"""A clock tests move by hand, for code that takes an injectable ``clock`` (``time.monotonic``'s shape)."""
+"""A clock the test moves by hand (services/server/clock.py's interface): waits on it end after a
+few real milliseconds or a notification, and the waiter re-checks the fake time, so a deadline
+passes exactly when the test says so, never on its own."""
 
 from __future__ import annotations
 
+import threading
+
+REAL_SLICE_S = 0.005
+
 
 class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self._lock = threading.Lock()
 
     def __call__(self) -> float:
-        return self.now
+        with self._lock:
+            return self.now
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        with self._lock:
+            self.now += seconds
+
+    def wait(self, cv: threading.Condition, timeout: float) -> None:
+        cv.wait(min(max(0.0, timeout), REAL_SLICE_S))
