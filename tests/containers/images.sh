@@ -59,5 +59,13 @@ started=$(date +%s)
 podman build --network host --layers -f "$DOCKERFILE" \
     --build-arg PYTHON_IMAGE="$PYTHON_BASE" --build-arg UV_IMAGE="$UV_BASE" \
     -t "$IMAGE" "$ROOT" >"$work/build.log" 2>&1 || { tail -40 "$work/build.log" >&2; exit 1; }
+# The image must run the services of this tree, byte for byte (a stale cached build would not).
+digest='import hashlib, pathlib, sys; r = pathlib.Path(sys.argv[1]); h = hashlib.sha256()
+for p in sorted(r.rglob("*.py")): h.update(str(p.relative_to(r)).encode() + p.read_bytes())
+print(h.hexdigest())'
+here=$(python3 -c "$digest" "$ROOT/services")
+inside=$(podman run --rm --entrypoint /opt/venv/bin/python "$IMAGE" -c "$digest" \
+    /opt/venv/lib/python3.11/site-packages/services)
+[ "$here" = "$inside" ] || { echo "images.sh: $IMAGE holds other services code than $ROOT/services" >&2; exit 1; }
 echo "images.sh: built $IMAGE in $(( $(date +%s) - started )) s, $(podman image inspect --format '{{.Size}}' "$IMAGE") bytes"
 podman image inspect --format '{{.Id}}' "$IMAGE"
