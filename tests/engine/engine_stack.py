@@ -30,6 +30,8 @@ from engine_cluster import CONTEXT, REPO_ROOT, ControlPlane
 
 PROJECT = "tff-k8s"
 PASSPHRASE = "tff-k8s-engine-test"  # protects only this test's throw-away stacks
+# How the CLI lists a local policy pack it ran ("Policy Packs run:" then name|local|path and version).
+PACK_RAN = f"{PROJECT}|local|{REPO_ROOT / 'policy'}"
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import pytest
 from conftest import Clock
 from engine_cluster import ControlPlane
 from engine_stack import (
+    PACK_RAN,
     EngineStack,
     api_path,
     changes_only_same,
@@ -71,7 +72,7 @@ class TestDevStack:
             result = dev.preview(policy_config=dev.policy_config())
         assert result.ok, result.output
         assert result.changes.get("create", 0) > 10, result.changes
-        assert "tff-k8s@v0.1.0" in result.output, "the policy pack did not run:\n" + result.output
+        assert PACK_RAN in result.output, "the policy pack did not run:\n" + result.output
         assert "Policy Violations" not in result.output, result.output
 
     def test_up_creates_everything_and_every_await_completes(
@@ -82,7 +83,7 @@ class TestDevStack:
         with clock("up (create)"):
             result = dev.up(policy_config=dev.policy_config())
         assert result.ok, result.output
-        assert "tff-k8s@v0.1.0" in result.output, result.output
+        assert PACK_RAN in result.output, result.output
         assert "Policy Violations" not in result.output, result.output
         # The API server's Pod Security "warn" mode would have said so here.
         assert "would violate PodSecurity" not in result.output, result.output

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import Clock
 from engine_cluster import ControlPlane
-from engine_stack import EngineStack, is_ready, k8s_resources, target_overrides
+from engine_stack import PACK_RAN, EngineStack, is_ready, k8s_resources, target_overrides
 
 pytestmark = pytest.mark.engine
 
@@ -94,7 +94,7 @@ class TestProdShapedStack:
         with clock("up (create)"):
             result = prod.up(policy_config=prod.policy_config())
         assert result.ok, result.output
-        assert "tff-k8s@v0.1.0" in result.output and "Policy Violations" not in result.output
+        assert PACK_RAN in result.output and "Policy Violations" not in result.output
         assert is_ready(plane.get(f"/api/v1/namespaces/{NAMESPACE}/pods/tff-server"))
         deployment = plane.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/tff-client")
         assert deployment["status"].get("readyReplicas") == 10

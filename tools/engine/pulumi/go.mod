@@ -1,11 +1,13 @@
-// The Pulumi CLI and its Python language host, built from the Pulumi repository's Go modules at the
-// release the locked Python SDK comes from (uv.lock: pulumi 3.223.0). Built by tools/engine/build.sh.
+// The Pulumi CLI (and engine), built from the Pulumi repository's Go modules at the release the
+// locked Python SDK comes from (uv.lock: pulumi 3.223.0). Built by tools/engine/build.sh.
 module tff-k8s/tools/engine/pulumi
 
 go 1.25.0
 
-// pulumi-language-python has no tag of its own; this pseudo-version names the commit tagged
-// v3.223.0 (fcb59a8e2484). pkg/v3 and sdk/v3 are tagged pkg/v3.223.0 and sdk/v3.223.0.
+// pkg/v3 and sdk/v3 are tagged pkg/v3.223.0 and sdk/v3.223.0. The Python language host,
+// github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3, would belong here too, but the
+// Go module proxy serves no version of it: its list and the pseudo-version of the v3.223.0 commit
+// (v3.0.0-20260219234110-fcb59a8e2484) answer "403 Forbidden: This module version is not available."
 require (
 	github.com/pulumi/pulumi/pkg/v3 v3.223.0
 	github.com/pulumi/pulumi/sdk/v3 v3.223.0
