@@ -56,14 +56,14 @@ def target_overrides(plane: ControlPlane, namespace: str | None = None) -> dict[
 
 def inline_program(transforms: Iterable[Callable[..., Any]] = ()) -> Callable[[], None]:
     """The program Pulumi.yaml names (infra/__main__.py runs infra.program.main), with optional
-    resource transforms registered first (the engine applies them to every resource)."""
+    stack transformations registered first (applied to every resource the program declares)."""
     transforms = list(transforms)
 
     def program() -> None:
         import pulumi
 
         for transform in transforms:
-            pulumi.runtime.register_resource_transform(transform)
+            pulumi.runtime.register_stack_transformation(transform)
         from infra.program import main
 
         main()
@@ -226,7 +226,7 @@ class EngineStack:
         return self._run(lambda: self.stack.refresh(color="never", program=self._program(())))
 
     def preview_refresh(self) -> Outcome:
-        return self._run(lambda: self.stack.preview_refresh(color="never", program=self._program(())))
+        return self._run(lambda: self.stack.preview_refresh(color="never"))
 
     def destroy(self) -> Outcome:
         return self._run(lambda: self.stack.destroy(color="never", program=self._program(())))

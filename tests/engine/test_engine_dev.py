@@ -7,9 +7,9 @@ The tests of the class run in order against one stack, each one from where the l
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+import pulumi
 import pytest
 from conftest import Clock
 from engine_cluster import ControlPlane
@@ -22,7 +22,6 @@ from engine_stack import (
     k8s_resources,
     target_overrides,
 )
-from pulumi import ResourceTransformArgs, ResourceTransformResult
 
 pytestmark = pytest.mark.engine
 
@@ -31,29 +30,46 @@ clock = Clock("dev")
 CHANGE_KINDS = ("create", "update", "replace", "delete", "create-replacement", "delete-replaced")
 
 
-def server_pod_transform(edit):  # noqa: ANN001, ANN201 - a Pulumi resource transform
-    """A resource transform that edits the server Pod's spec (props as the engine sees them)."""
+def server_pod_transform(edit):  # noqa: ANN001, ANN201 - a Pulumi stack transformation
+    """A stack transformation that edits the server Pod's spec (a ``PodSpecArgs``) before it is registered.
 
-    def transform(args: ResourceTransformArgs) -> ResourceTransformResult | None:
+    The SDK-side kind (``register_stack_transformation``): the engine-side kind
+    (``register_resource_transform``) leaves a callback server bound to the first run's event loop, and
+    every later inline run in the same process then fails ("attached to a different loop").
+    """
+
+    def transformation(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
         if args.type_ != "kubernetes:core/v1:Pod":
             return None
-        props = copy.deepcopy(dict(args.props))
-        edit(props["spec"])
-        return ResourceTransformResult(props=props, opts=args.opts)
+        edit(_get(args.props, "spec"))
+        return pulumi.ResourceTransformationResult(props=args.props, opts=args.opts)
 
-    return transform
-
-
-def drop_security_context(spec: dict[str, Any]) -> None:
-    spec.pop("securityContext", None)
-    for container in spec["containers"]:
-        container.pop("securityContext", None)
+    return transformation
 
 
-def request_whole_cpu(spec: dict[str, Any]) -> None:
+def _get(obj: Any, key: str) -> Any:
+    """A field of a transformation's props: a plain dict at the top, ``*Args`` objects below."""
+    return obj[key] if isinstance(obj, dict) else pulumi.get(obj, key)
+
+
+def _set(obj: Any, key: str, value: Any) -> None:
+    if isinstance(obj, dict):
+        obj[key] = value
+    else:
+        pulumi.set(obj, key, value)
+
+
+def drop_security_context(spec: Any) -> None:
+    _set(spec, "security_context", None)
+    for container in _get(spec, "containers"):
+        _set(container, "security_context", None)
+
+
+def request_whole_cpu(spec: Any) -> None:
     # 1 CPU requested (= its limit, within the LimitRange's max): more than the quota leaves.
-    for container in spec["containers"]:
-        container["resources"]["requests"]["cpu"] = "1"
+    for container in _get(spec, "containers"):
+        resources = _get(container, "resources")
+        _set(resources, "requests", {**_get(resources, "requests"), "cpu": "1"})
 
 
 @pytest.fixture(scope="module")
