@@ -34,3 +34,4 @@ lint: sync
 	$(RUN) ruff check services infra policy tests bench
 
 -include infra/k8s.mk
+-include tools/engine.mk
