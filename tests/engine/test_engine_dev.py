@@ -23,6 +23,10 @@ from engine_stack import (
     target_overrides,
 )
 
+from infra.mocked import stack_config
+from infra.quota import max_pods
+from infra.stack_config import parse
+
 pytestmark = pytest.mark.engine
 
 NAMESPACE = "tff-k8s-ci"
@@ -157,7 +161,11 @@ class TestDevStack:
         assert deployment["metadata"]["uid"] == before  # updated in place, not replaced
         assert deployment["status"].get("readyReplicas") == 4
         quota = plane.get(f"/api/v1/namespaces/{NAMESPACE}/resourcequotas/tff-k8s-quota")
-        assert quota["spec"]["hard"]["pods"] == "6"  # 1 server + 4 clients + 1 surge
+        raw = stack_config("dev")
+        clients = {**raw["tff-k8s:deployment"]["clients"], "replicas": 4}
+        declared = parse({**raw["tff-k8s:deployment"], "clients": clients}, raw["tff-k8s:federation"])
+        # 1 server + 4 clients + the rollout's surge and terminating clients, as the program computes it
+        assert quota["spec"]["hard"]["pods"] == str(max_pods(declared.deployment)) and max_pods(declared.deployment) > 5
 
     def test_policy_pack_refuses_a_pod_without_security_context(self, dev: EngineStack) -> None:
         with clock("preview (policy violation)"):
