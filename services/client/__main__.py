@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("signal %s: stopping", signal.Signals(signum).name)
         stopped.set()
         if client is not None:
-            client.session.stop()
+            # From another thread: the signal may have interrupted this one inside gRPC, holding the
+            # very lock that closing the channel waits for (seen: a client that never exited).
+            threading.Thread(target=client.session.stop, name="stop", daemon=True).start()
         else:
             raise SystemExit(0)
 

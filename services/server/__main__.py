@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from services.common.config import ConfigError, config_from_argv
@@ -55,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("signal %s: stopping", signal.Signals(signum).name)
         stopping.append(signum)
         if server is not None:
-            server.stop()
+            # From another thread: the signal may have interrupted this one holding a lock stop() takes.
+            threading.Thread(target=server.stop, name="stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
