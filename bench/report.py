@@ -145,7 +145,7 @@ The same federation with each aggregator (`mean`, `dp`, `robust`, measured one a
 one invocation) and 4 and 8 clients. Every aggregator stages each result in its own buffer as it
 streams in (at most `server.upload_slots` at a time; the others wait for a slot, unread) and adds it
 to the round's running sum only once it is complete and accepted; `dp` and `robust` take the
-norms they clip and zero by while the chunks arrive, so they hold no more than `mean`. The server
+norms they clip and zero by while the chunks arrive, so by design they hold what `mean` holds. The server
 holds the global model, the running sum, the staged results and, during the optimizer step, the
 new weights: TensorFlow reads the weights and the update in place (DLPack) and its output becomes
 the next global model without a copy. The evaluation model's variables adopt the state's buffers.
@@ -158,11 +158,12 @@ with 50 MiB.)
 
 {memory_table(memory)}
 
-At 8 clients the measured multiple is at the bound for `mean` and `dp` and half a model above it
-for `robust`. What the server holds beyond the staged results then is not pinned down yet; the
-candidates are the uploads waiting for a slot (gRPC keeps up to its flow-control window of each
-waiting stream), the broadcast's window of 16 chunks and the spread of one run's peak on a machine
-this loaded (the load average before each run is in the table; the fixed overhead is one run too).
+Where the measured multiple is above the (3 + upload_slots) x the design counts, what else the
+server holds at its peak is not pinned down yet. The candidates: the uploads waiting for a slot
+(gRPC keeps up to its flow-control window of each waiting stream, which grows with the client
+count), the broadcast's window of 16 chunks, the evaluation of the previous round on the writer
+thread, and the spread of one run's peak on a shared machine (the load average before each run is
+in the table; the fixed overhead is one run too).
 """
 
 
