@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SYSTEMS = ["ours", "flower", "raw_grpc", "tff_sim"]  # table and plot order
-LABELS = {"ours": "ours", "flower": "Flower", "raw_grpc": "raw gRPC", "tff_sim": "TFF simulation"}
+SYSTEMS = ["ours", "ours-dp", "ours-robust", "flower", "raw_grpc", "tff_sim"]  # table and plot order
+LABELS = {"ours": "ours", "ours-dp": "ours (dp)", "ours-robust": "ours (robust)", "flower": "Flower",
+          "raw_grpc": "raw gRPC", "tff_sim": "TFF simulation"}
 
 
 def _fmt_s(v: float | None) -> str:
@@ -58,19 +59,22 @@ def table(records: list[dict]) -> str:
 def ratios(records: list[dict]) -> str:
     index = _by_key(records)
     rows = []
+
+    def ratio(a: dict | None, b: dict | None) -> str:
+        ok = a and b and "error" not in a and "error" not in b
+        return f"{a['median_round_s'] / b['median_round_s']:.2f}" if ok else "n/a"  # type: ignore[index]
+
     for size, clients in _configs(records):
         ours = index.get(("ours", size, clients))
         if not ours or "error" in ours:
             continue
-        cells = []
-        for other in ("flower", "raw_grpc"):
-            o = index.get((other, size, clients))
-            ok = o and "error" not in o
-            cells.append(f"{ours['median_round_s'] / o['median_round_s']:.2f}" if ok else "n/a")
-        rows.append(f"| {size:g} MiB | {clients} | {cells[0]} | {cells[1]} |")
+        cells = [ratio(ours, index.get((other, size, clients))) for other in ("flower", "raw_grpc")]
+        cells += [ratio(index.get((variant, size, clients)), ours) for variant in ("ours-dp", "ours-robust")]
+        rows.append(f"| {size:g} MiB | {clients} | {' | '.join(cells)} |")
     if not rows:
-        return "_No results for `ours` yet (bench/runners/ours.py is a placeholder), so no ratios._"
-    return "\n".join(["| model | clients | ours / Flower | ours / raw gRPC |", "|---|---|---|---|", *rows])
+        return "_No results for `ours` yet, so no ratios._"
+    return "\n".join(["| model | clients | ours / Flower | ours / raw gRPC | ours (dp) / ours | ours (robust) / ours |",
+                      "|---|---|---|---|---|---|", *rows])
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -121,18 +125,49 @@ def scale_table(rows: list[dict] | None) -> str:
 def memory_table(memory: dict | None) -> str:
     if not memory:
         return "_Not run yet: `python bench/memory.py` writes bench/results/memory.json._"
-    lines = [f"Fixed overhead (server peak RSS with a {memory['baseline_size_mb']:g} MiB model, 4 clients): "
-             f"{memory['fixed_overhead_mb']:.0f} MiB.", "",
-             "| model | clients | median round | server peak RSS MiB | (peak − fixed) / model |",
-             "|---|---|---|---|---|"]
-    for r in memory["runs"]:
-        lines.append(f"| {r['size_mb']:g} MiB | {r['clients']} | {_fmt_s(r['median_round_s'])} | "
-                     f"{r['server_peak_rss_mb']:.0f} | {r['model_multiple']:.2f} |")
+    slots = memory["upload_slots"]
+    lines = [f"server.upload_slots {slots}: the design's bound is (3 + {slots}) x the model = {3 + slots}x above the "
+             "fixed overhead, each aggregator's server peak with a 1 MiB model and 4 clients.", "",
+             "| aggregator | model | clients | median round | load before | server peak RSS MiB | fixed MiB | "
+             "(peak − fixed) / model |",
+             "|---|---|---|---|---|---|---|---|"]
+    for agg in memory["aggregators"]:
+        for r in agg["runs"]:
+            lines.append(f"| {agg['aggregator']} | {r['size_mb']:g} MiB | {r['clients']} | {_fmt_s(r['median_round_s'])} | "
+                         f"{r['loadavg_before']:.1f} | {r['server_peak_rss_mb']:.0f} | {agg['fixed_overhead_mb']:.0f} | "
+                         f"{r['model_multiple']:.2f} |")
     return "\n".join(lines)
 
 
-def render(results: dict, plot_name: str, scale: list[dict] | None = None, memory: dict | None = None,
-           memory_robust: dict | None = None) -> str:
+def memory_section(memory: dict | None) -> str:
+    return f"""## Large models and the server's memory (`bench/memory.py`)
+The same federation with each aggregator (`mean`, `dp`, `robust`, measured one after the other in
+one invocation) and 4 and 8 clients. Every aggregator stages each result in its own buffer as it
+streams in (at most `server.upload_slots` at a time; the others wait for a slot, unread) and adds it
+to the round's running sum only once it is complete and accepted; `dp` and `robust` take the
+norms they clip and zero by while the chunks arrive, so by design they hold what `mean` holds. The server
+holds the global model, the running sum, the staged results and, during the optimizer step, the
+new weights: TensorFlow reads the weights and the update in place (DLPack) and its output becomes
+the next global model without a copy. The evaluation model's variables adopt the state's buffers.
+The server runs TensorFlow without oneDNN (whose caching allocator kept freed model-sized buffers
+resident) and sets glibc's mmap threshold to 4 MiB with 2 arenas, so freed buffers go back to the
+system. No aggregator starts TFF's `worker_binary`. (Before staging, `mean` added each chunk to
+the sum as it arrived, 3.4x / 3.8x the model with 200 MiB and 4 / 8 clients, but a refused upload
+stayed in the sum; `robust` and `dp` kept every result whole for TFF's `worker_binary`: 76x / 136x
+with 50 MiB.)
+
+{memory_table(memory)}
+
+Where the measured multiple is above the (3 + upload_slots) x the design counts, what else the
+server holds at its peak is not pinned down yet. The candidates: the uploads waiting for a slot
+(gRPC keeps up to its flow-control window of each waiting stream, which grows with the client
+count), the broadcast's window of 16 chunks, the evaluation of the previous round on the writer
+thread, and the spread of one run's peak on a shared machine (the load average before each run is
+in the table; the fixed overhead is one run too).
+"""
+
+
+def render(results: dict, plot_name: str, scale: list[dict] | None = None, memory: dict | None = None) -> str:
     m, records = results["machine"], results["records"]
     return f"""# Benchmarks
 
@@ -170,28 +205,7 @@ turn inside each simulator process; the server's memory is nearly flat in the co
 
 {scale_table(scale)}
 
-## Large models and the server's memory (`bench/memory.py`)
-The same federation (mean aggregator) with a 200 MiB model and 4 and 8 clients; the fixed
-overhead is the server's peak with a 1 MiB model (TensorFlow, TFF, gRPC). The server folds each
-result into the round's sum chunk by chunk as it streams in, so no result is ever held whole and
-nothing waits in an upload slot. It holds the global model and the running sum, and during the
-optimizer step the new weights: TensorFlow reads the weights and the sum in place (DLPack) and
-its output becomes the next global model without a copy. The evaluation model's variables adopt
-the state's buffers. The server runs TensorFlow without oneDNN (whose caching allocator kept
-freed model-sized buffers resident) and sets glibc's mmap threshold to 4 MiB with 2 arenas, so
-freed buffers go back to the system. Bound by design: about 3x the model plus the fixed
-overhead, whatever the number of clients.
-
-{memory_table(memory)}
-
-With the `robust` aggregator (`bench/memory.py --aggregator robust`; `dp` takes the same path)
-TFF's aggregator takes all results at once: the server keeps every accepted result whole until the
-round ends and hands them all to TFF's `worker_binary` (its RSS is counted too), which copies each
-value several times on the way (protos, its gRPC link, clipping and norms). The bound that holds
-is per client and large, as measured here; use the `mean` aggregator for large models.
-
-{memory_table(memory_robust)}
-"""
+{memory_section(memory)}"""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,11 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     scale = json.loads(scale_path.read_text()) if scale_path.exists() else None
     memory_path = args.results.parent / "memory.json"
     memory = json.loads(memory_path.read_text()) if memory_path.exists() else None
-    robust_path = args.results.parent / "memory-robust.json"
-    memory_robust = json.loads(robust_path.read_text()) if robust_path.exists() else None
     plot(results["records"], args.plot)
     plot_name = args.plot.name if args.plot.parent == args.out.parent else str(args.plot)
-    args.out.write_text(render(results, plot_name, scale, memory, memory_robust))
+    args.out.write_text(render(results, plot_name, scale, memory))
     print(f"wrote {args.out} and {args.plot}")
 
 

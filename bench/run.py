@@ -1,10 +1,11 @@
 """Benchmark driver: every system x size x clients x repeat as its own process group.
 
     python bench/run.py --sizes 1,25,100 --clients 4,16 --rounds 5 --repeats 3 \
-        --systems raw_grpc,tff_sim,flower[,ours]
+        --systems raw_grpc,tff_sim,flower[,ours][,ours-dp,ours-robust]
 
 Each run is `python -m bench.runners.<system> ...` in a new session with a timeout; whatever it
 leaves behind is killed with its group (and, since the driver is a child subreaper, any orphan).
+``ours-<aggregator>`` is ours with ``training.aggregator`` set (``ours`` is the default, mean).
 Results go to bench/results/results.json (--out; per-run files and logs beside it): `machine` (CPU, cores, RAM, versions), `runs` (one
 record per repetition, or an `error`/`unavailable` entry) and `records` (repetitions of one
 configuration merged: all measured rounds pooled, medians recomputed, RSS and bytes maxed).
@@ -62,22 +63,24 @@ def run_one(system: str, size_mb: float, clients: int, rounds: int, repeat: int,
     out.parent.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", f"bench.runners.{system}", "--size-mb", str(size_mb),
+    module, _, aggregator = system.partition("-")  # ours-dp: ours with training.aggregator=dp
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if aggregator:
+        env["BENCH_OURS_SET"] = f"{env.get('BENCH_OURS_SET', '')} training.aggregator={aggregator}".strip()
+    cmd = [sys.executable, "-m", f"bench.runners.{module}", "--size-mb", str(size_mb),
            "--clients", str(clients), "--rounds", str(rounds), "--out", str(out)]
     base = {"system": system, "size_mb": size_mb, "clients": clients, "repeat": repeat,
             "loadavg_before": os.getloadavg()[0]}  # other work on the machine skews the numbers
     t0 = time.monotonic()
     with procs.Owned() as owned:
-        proc = owned.start(cmd, log=log, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = owned.start(cmd, log=log, cwd=ROOT, env=env)
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             code = None
     elapsed = time.monotonic() - t0
-    if code == 0 and out.exists():
-        record = {**base, **json.loads(out.read_text())}
-    elif code == 3 and out.exists():
-        record = {**base, **json.loads(out.read_text())}
+    if code in (0, 3) and out.exists():  # the runner's record names its module: the system is ours-<aggregator>
+        record = {**json.loads(out.read_text()), **base}
     else:
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
         why = f"timed out after {timeout_s:.0f}s" if code is None else f"exit {code}"

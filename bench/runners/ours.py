@@ -8,8 +8,8 @@ run as 4 simulator processes (`python -m services.client.simulator`) with severa
 since a TensorFlow process per client does not fit 2 cores. A round's time is the period from its
 start to the next round's start (the server evaluates and checkpoints each round on a background
 thread while the next one runs, so the period is what a round really costs); each client's local
-work comes from the server's metrics.jsonl. Server peak RSS sums the server and any child (a TFF
-worker_binary, with the robust and dp aggregators only).
+work comes from the server's metrics.jsonl. Server peak RSS sums the server and any child it
+starts (none: every aggregator runs in the server's process).
 """
 
 from __future__ import annotations

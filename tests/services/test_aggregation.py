@@ -188,8 +188,10 @@ def weighted_overflow(rnd: RoundAggregation) -> None:
     """Finite numbers that overflow float32 once multiplied by the weight."""
     update, _ = results([1.0], seed=15)[0]
     update[1][3] = np.float32(1e30)
-    upload = stream(rnd, payload(update, 1e10), 1e10, client="x")
-    with pytest.raises(LayoutError, match="overflows"):
+    upload = rnd.receive("x", 1e10, timeout=WAIT)
+    with pytest.raises(LayoutError, match="overflows"):  # mean: as the chunk is staged (the weight is known)
+        for part in chunks(payload(update, 1e10), 4096):
+            upload.feed(part)
         upload.finish()
     upload.discard()
 
@@ -406,3 +408,26 @@ def test_prepared_work_that_fails_fails_the_round() -> None:
     deliver(rnd, payload(u0, w0), w0)
     with pytest.raises(OSError, match="no entropy"):
         rnd.finish()
+
+
+def test_slots_keep_at_most_their_count_of_staging_buffers_and_reuse_them() -> None:
+    """Staging buffers are reused within a round (a fresh one page-faults on every upload), never
+    more than the slots, and let go when the round finishes."""
+    slots = Slots(2)
+    first = slots.buffer(LAYOUT.nbytes)
+    assert first.nbytes == LAYOUT.nbytes and first.ctypes.data % tensors.ALIGN == 0
+    for b in (first, slots.buffer(LAYOUT.nbytes), slots.buffer(LAYOUT.nbytes)):
+        slots.keep(b)
+    assert len(slots._buffers) == 2
+    assert slots.buffer(LAYOUT.nbytes) is first
+    rnd = mean_round()
+    (u0, w0), _ = VALID
+    deliver(rnd, payload(u0, w0), w0)
+    reused = rnd.receive("again", w0, timeout=WAIT)  # the committed upload's buffer, its bytes still there
+    assert reused.buffer is not None and reused.buffer.tobytes()[:64] != bytes(64)
+    with pytest.raises(PayloadError, match="stream ended after 0"):  # none of them counts: nothing was received
+        reused.finish()
+    reused.discard()
+    assert rnd.aggregator.slots._buffers
+    rnd.finish()  # the optimizer step follows: no staging buffer is kept through it
+    assert rnd.aggregator.slots._buffers == []

@@ -531,9 +531,9 @@ def test_failing_on_accept_records_nothing_and_propagates(
     assert c.next_task(cid, 0)[0] is TaskKind.TRAIN
 
     def broken() -> None:
-        raise RuntimeError("the fold refused the update")
+        raise RuntimeError("the aggregation refused the commit")
 
-    with pytest.raises(RuntimeError, match="fold refused"):
+    with pytest.raises(RuntimeError, match="aggregation refused"):
         c.submit(cid, task.task_id, 4, result(1), on_accept=broken)
     assert task.results == {}
     assert c.next_task(cid, 0) == (TaskKind.TRAIN, task)  # still owed a result, not a duplicate

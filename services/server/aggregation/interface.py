@@ -30,6 +30,7 @@ import numpy as np
 from services.common import tensors
 from services.common.tensors import LayoutError
 from services.server.aggregation.staging import (
+    ONE,
     Contribution,
     Norms,
     RoundClosed,
@@ -57,6 +58,9 @@ class Aggregator(ABC):
     name: ClassVar[str]
     state_names: tuple[str, ...] = ()  # the state's scalars, in checkpoint order
     needs_l2: ClassVar[bool] = False
+    # The factor is the header's weight times something only the whole result tells (``mean``: 1),
+    # so the weight is applied to each chunk as it is staged.
+    weight_first: ClassVar[bool] = False
 
     def __init__(self, layout: tensors.Layout, slots: Slots) -> None:
         check_result_layout(layout)
@@ -128,17 +132,18 @@ class RoundAggregation:
             slots.release()
             raise RoundClosed("the round closed while the result waited for an upload slot")
         return Upload(self.aggregator.layout, client, w, slots=slots, closed=lambda: self.closed,
-                      admit=lambda norms: self.aggregator.admit(self.state, norms), l2=self.aggregator.needs_l2)
+                      admit=lambda norms: self.aggregator.admit(self.state, norms), l2=self.aggregator.needs_l2,
+                      prescale=w if self.aggregator.weight_first else ONE)
 
     def commit(self, upload: Upload) -> None:
         """The finished ``upload`` was accepted: it counts, whole (added to the sum as its
         aggregator weighs it). Refused with RoundClosed once the round has closed."""
-        contribution, update = upload.prepared()
+        contribution, factor, update = upload.prepared()
         with self._lock:
             if self.closed or self.sums is None:
                 raise RoundClosed("the round closed while this result was streaming in")
             for total, part in zip(self.sums, update, strict=False):
-                np.add(total, part, out=total)
+                _add_scaled(total.reshape(-1), part.reshape(-1), factor)
             self.contributions.append(contribution)
         upload.release("committed")
 
@@ -168,6 +173,7 @@ class RoundAggregation:
         with self._lock:
             self.closed = True
             total, self.sums = self.sums, None
+        self.aggregator.slots.drop_buffers()  # the step that follows holds three models: nothing else
         if total is None:
             raise RuntimeError("finish() twice")
         if not self.contributions:
@@ -178,3 +184,16 @@ class RoundAggregation:
                 raise self._prepare_error
         return self.aggregator.finish(self.state, total, list(self.contributions))
 
+
+BLOCK = 1 << 18  # numbers scaled and added at a time, while they are in the CPU's cache
+
+
+def _add_scaled(total: np.ndarray, part: np.ndarray, factor: np.float32) -> None:
+    """``total += part * factor`` (float32; ``part`` is used in place), a block at a time."""
+    if factor == 1:
+        np.add(total, part, out=total)
+        return
+    for start in range(0, part.size, BLOCK):
+        block = part[start : start + BLOCK]
+        np.multiply(block, factor, out=block)
+        np.add(total[start : start + BLOCK], block, out=total[start : start + BLOCK])

@@ -21,6 +21,7 @@ def divide_by_weight(total: list[np.ndarray], contributions: list[Contribution])
 
 class Mean(Aggregator):
     name = "mean"
+    weight_first = True
 
     def initial_state(self) -> State:
         return {}
