@@ -160,6 +160,11 @@ class DataSettings(_Strict):
         return self
 
 
+class SiloIdentity(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="The silo's name (a DNS label), as in the stack's silos list.")
+    cert_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the silo's client certificate (DER), lowercase hex.")
+
+
 class SecuritySettings(_Strict):
     tls: bool = Field(True, description="TLS on the client -> server link. false is for local runs only.")
     mutual_tls: bool = Field(False, description="Clients present certificates too.")
@@ -169,11 +174,24 @@ class SecuritySettings(_Strict):
     token_file: str | None = Field(
         "/etc/tff-k8s/auth/token", description="Bearer token clients present; null disables auth."
     )
+    silos: tuple[SiloIdentity, ...] = Field((), strict=False, description="Cross-silo: the silos whose client certificates the server accepts (mutual TLS); empty: any client the CA signed.")
 
     @model_validator(mode="after")
     def _mtls_needs_tls(self) -> SecuritySettings:
         if self.mutual_tls and not self.tls:
             raise ValueError("mutual_tls needs tls: set security.tls to true or security.mutual_tls to false")
+        return self
+
+    @model_validator(mode="after")
+    def _silos_need_mtls(self) -> SecuritySettings:
+        if self.silos and not self.mutual_tls:
+            raise ValueError(
+                "security.silos needs security.mutual_tls (silos are known by their client certificates): "
+                "set security.mutual_tls to true"
+            )
+        names = [s.name for s in self.silos]
+        if repeated := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"security.silos: {repeated} listed more than once")
         return self
 
 
