@@ -14,7 +14,6 @@ replaced by a placeholder again before writing, whatever it holds.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +21,12 @@ from typing import Any
 
 import yaml
 
-from infra.mocked import REPO_ROOT, Resource, run_program
+from infra.mocked import REPO_ROOT, Resource, is_placeholder, run_program
 
 HEADER = "# Rendered by `tff-k8s render --stack {stack}` from Pulumi.{stack}.yaml under Pulumi mocks. Do not edit.\n"
 _HEADER_PREFIX = "# Rendered by `tff-k8s render"
 REDACTED = "<redacted: Pulumi secret>"
 SECRET_TYPE = "kubernetes:core/v1:Secret"
-_PLACEHOLDER = re.compile(r"^<[^<>]+: stack secret, not decrypted under mocks>$")  # infra.mocked.placeholder
 
 
 class RenderError(Exception):
@@ -54,7 +52,7 @@ def _redact(value: Any) -> Any:
         return {k: _redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v) for v in value]
-    return value if isinstance(value, str) and _PLACEHOLDER.match(value) else REDACTED
+    return value if is_placeholder(value) else REDACTED
 
 
 def manifest(resource: Resource) -> dict[str, Any]:
