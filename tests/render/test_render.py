@@ -129,7 +129,7 @@ def test_cli_dispatches_render(tmp_path: Path) -> None:
 def test_an_unknown_stack_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["render", "--stack", "staging", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown stack 'staging'" in err and "['dev', 'prod']" in err
+    assert "unknown stack 'staging'" in err and "['crosssilo', 'dev', 'prod']" in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
