@@ -25,6 +25,7 @@ from policy.pack_config import pack_config
 from policy.tff_policies import ENFORCEMENT, PACK_NAME, POLICIES, RESOURCE_POLICIES, STACK_POLICIES
 
 STACKS = ("dev", "prod")
+ALL_STACKS = (*STACKS, "crosssilo")  # crosssilo: the pack over every cluster's resources
 POLICY_DIR = REPO_ROOT / "policy"
 
 
@@ -51,14 +52,14 @@ def _public_path_violations(resources: list[Resource], config: dict[str, Any]) -
     return found
 
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", ALL_STACKS)
 def test_the_program_passes_the_whole_pack(stack: str) -> None:
     run = declared(stack)
     assert len([r for r in run.resources if r.type.startswith("kubernetes:")]) >= 15
     assert _public_path_violations(run.resources, pack_config(stack)) == []
 
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", ALL_STACKS)
 def test_the_program_passes_the_pack_as_the_cli_runs_it(stack: str) -> None:
     diagnostics = analyze(declared(stack).resources, pack_config(stack), stack)
     assert diagnostics == []
