@@ -27,7 +27,8 @@ def by_cluster(run: MockedRun) -> dict[str, list[Resource]]:
     A resource on no provider of ours (the default provider) is a bug: it raises."""
     from infra.manifests import is_kubernetes
 
-    providers = {p.urn: cluster_of_provider(p.name) for p in run.of_type(PROVIDER_TYPE)}
+    # "": a resource made by hand, not registered (a real run always names a provider, a default one too)
+    providers = {"": HUB} | {p.urn: cluster_of_provider(p.name) for p in run.of_type(PROVIDER_TYPE)}
     clusters: dict[str, list[Resource]] = {}
     for r in run.resources:
         if not is_kubernetes(r):

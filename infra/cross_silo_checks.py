@@ -20,7 +20,7 @@ def cross_silo_problems(cfg: StackConfig) -> list[tuple[str, str]]:
         problems.append(
             (
                 "deployment.clients",
-                "a cross-silo hub runs no clients: set each silo's clients (deployment.silos[i].clients) instead",
+                "a cross-silo hub runs no clients: set each silo's clients (deployment.silos.<i>.clients) instead",
             )
         )
     if not fed.security.tls:
@@ -53,10 +53,10 @@ def cross_silo_problems(cfg: StackConfig) -> list[tuple[str, str]]:
     seen_names: dict[str, int] = {}
     namespaces = {(_cluster(d.kubernetes), d.namespace): "the hub (deployment.namespace)"}
     for i, silo in enumerate(silos):
-        key = f"deployment.silos[{i}]"
+        key = f"deployment.silos.{i}"
         if silo.name in seen_names:
             problems.append(
-                (f"{key}.name", f"{silo.name!r} is already deployment.silos[{seen_names[silo.name]}]: rename one")
+                (f"{key}.name", f"{silo.name!r} is already deployment.silos.{seen_names[silo.name]}: rename one")
             )
         seen_names.setdefault(silo.name, i)
         if silo.name == HUB:

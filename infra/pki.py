@@ -23,7 +23,7 @@ from infra.stack_config import StackConfig, ip_literal
 from infra.stack_inputs import CA_CERT, CERT, KEY, Credentials
 from services.common.config import SiloIdentity
 
-KEY_ALGORITHM = {"algorithm": "ECDSA", "ecdsa_curve": "P256"}
+KEY_ALGORITHM = tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P256")
 SERVER_USES = ["digital_signature", "key_encipherment", "server_auth"]
 CLIENT_USES = ["digital_signature", "key_encipherment", "client_auth"]
 CA_USES = ["cert_signing", "crl_signing", "digital_signature"]
@@ -104,7 +104,7 @@ class FederationPki(pulumi.ComponentResource):
         self.register_outputs({})
 
     def _private_key(self, name: str) -> tls.PrivateKey:
-        return tls.PrivateKey(name, **KEY_ALGORITHM, opts=child(self))
+        return tls.PrivateKey(name, KEY_ALGORITHM, opts=child(self))
 
     def _issue(
         self,

@@ -117,7 +117,7 @@ def _wanted(cfg: StackConfig) -> list[tuple[str, str]]:
             wanted.append((CA_KEY, f"silos {generated} have identity.generate and deployment.hub.ca is secrets"))
     for i, silo in enumerate(cfg.deployment.silos):
         if not silo.identity.generate:
-            why = f"deployment.silos[{i}] ({silo.name}) has no identity.generate: its client certificate"
+            why = f"deployment.silos.{i} ({silo.name}) has no identity.generate: its client certificate"
             wanted += [(k, why) for k in silo_secrets(silo.name)]
     return wanted
 

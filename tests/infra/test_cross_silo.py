@@ -228,7 +228,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 def _issue(name: str, key: ec.EllipticCurvePrivateKey, ca: tuple[x509.Name, ec.EllipticCurvePrivateKey]) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
