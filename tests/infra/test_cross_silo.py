@@ -83,9 +83,9 @@ def test_the_hub_accepts_exactly_the_silos_certificates() -> None:
 def test_a_silo_removed_from_the_stack_leaves_the_allowlist_and_replaces_the_server_config() -> None:
     before = committed()
 
-    def drop_b(d: dict[str, Any], f: dict[str, Any]) -> None:
-        d["silos"] = d["silos"][:1]
-        f["training"] |= {"min_clients": 2, "clients_per_round": 2}
+    def drop_b(d: dict[str, Any], _f: dict[str, Any]) -> None:
+        d["silos"] = d["silos"][:1]  # the federation config as it was: only the silo list changes
+        d["silos"][0]["clients"]["replicas"] = 4
 
     after = run_with(drop_b)
     assert list(allowlist(after)) == ["silo-a"]
