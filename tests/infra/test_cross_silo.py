@@ -269,3 +269,23 @@ def test_identities_from_stack_secrets_are_the_allowlist() -> None:
         tls = secret_data(one(found[silo], "Secret", "tff-client-tls"))
         assert tls == {"ca.crt": secrets["tff-k8s:tlsCaCert"], "tls.crt": secrets[f"tff-k8s:tlsClientCert-{silo}"],
                        "tls.key": secrets[f"tff-k8s:tlsClientKey-{silo}"]}
+
+
+def test_the_documented_prod_shaped_example_deploys_under_mocks() -> None:
+    """docs/kubernetes.md's cloud load balancer example, as written: valid, on its own providers, with
+    both silos (one from stack secrets, one generated under the stack's CA) in the allowlist."""
+    import re
+
+    import yaml
+
+    from infra.mocked import REPO_ROOT
+
+    docs = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    section = docs.split("### A prod-shaped cross-silo stack", 1)[1]
+    example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S)[1])["config"]
+    run = run_program("prod", overrides=example)  # prod's file, every key replaced by the example's
+    providers = {p.name: p.inputs.get("kubeconfig") for p in run.of_type(PROVIDER_TYPE)}
+    assert providers["kubernetes-hospital-a"] == "/etc/tff-k8s/hospital-a.kubeconfig"
+    assert set(allowlist(run)) == {"hospital-a", "hospital-b"}
+    public = one(manifests(run)[HUB], "Service", "tff-server-public")["spec"]
+    assert public["type"] == "LoadBalancer" and public["loadBalancerSourceRanges"] == ["198.51.100.0/24", "203.0.113.0/24"]
