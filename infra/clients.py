@@ -10,7 +10,7 @@ import pulumi_kubernetes as k8s
 from infra import layout
 from infra.config_objects import SECRETS_DIGEST_ANNOTATION
 from infra.labels import CLIENT, Labels
-from infra.meta import child, object_meta
+from infra.meta import child, logical, object_meta
 from infra.mounts import VolumeSources, volumes_and_mounts
 from infra.pod_spec import federation_container, federation_pod_spec
 from infra.stack_config import StackConfig
@@ -32,14 +32,19 @@ class FederationClients(pulumi.ComponentResource):
         auth_secret: pulumi.Input[str] | None,
         budget: Sequence[pulumi.Resource] = (),
         secrets_digest: pulumi.Output[str] | None = None,
+        *,
+        site: str = "",
+        data_claim: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """The clients dial ``federation.client.server_address`` (the Service's DNS name in one cluster, the
+        hub's public address in a silo); ``data_claim`` holds a silo's own data."""
         super().__init__("tff-k8s:clients:FederationClients", name, None, opts)
         d, fed = cfg.deployment, cfg.federation
         c = d.clients
         meta, selector = labels.of(CLIENT), labels.selector(CLIENT)
         account = core.ServiceAccount(
-            c.name,
+            logical(site, c.name),
             metadata=object_meta(c.name, namespace, meta),
             automount_service_account_token=False,
             opts=child(self),
@@ -52,6 +57,7 @@ class FederationClients(pulumi.ComponentResource):
                 tmp_size=c.tmp_size,
                 tls_secret=tls_secret,
                 auth_secret=auth_secret,
+                data_claim=data_claim,
             ),
         )
         container = federation_container(
@@ -64,7 +70,7 @@ class FederationClients(pulumi.ComponentResource):
             probe_port=fed.client.health_port,
             startup_budget_s=fed.server.tff_startup_timeout_s,
             mounts=mounts,
-            env=layout.client_env(cfg.server_address),
+            env=layout.client_env(fed.client.server_address),
         )
         spread = core.TopologySpreadConstraintArgs(
             max_skew=1,
@@ -73,7 +79,7 @@ class FederationClients(pulumi.ComponentResource):
             label_selector=meta_v1.LabelSelectorArgs(match_labels=selector),
         )
         deployment = apps.Deployment(
-            c.name,
+            logical(site, c.name),
             metadata=object_meta(c.name, namespace, meta),
             spec=apps.DeploymentSpecArgs(
                 replicas=c.replicas,
@@ -106,7 +112,7 @@ class FederationClients(pulumi.ComponentResource):
         # node drain evict anything, so drains hung. AlwaysAllow: clients that are not Ready (e.g. while
         # the server restarts, readiness means "joined") can always be evicted, budget or not.
         k8s.policy.v1.PodDisruptionBudget(
-            c.name,
+            logical(site, c.name),
             metadata=object_meta(c.name, namespace, meta),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
                 max_unavailable=c.max_disrupted,

@@ -17,9 +17,10 @@ import pulumi_kubernetes as k8s
 
 from infra import layout
 from infra.labels import Labels
-from infra.meta import child, object_meta
+from infra.meta import child, logical, object_meta
 from infra.stack_config import StackConfig
 from infra.stack_inputs import Credentials
+from services.common.config import FederationConfig, SiloIdentity
 
 core = k8s.core.v1
 
@@ -48,9 +49,15 @@ def secrets_digest(material: Mapping[str, Mapping[str, pulumi.Output[str]]]) -> 
     return pulumi.Output.unsecret(pulumi.Output.all(*(value for _, _, value in entries)).apply(digest))
 
 
-def config_map_name(cfg: StackConfig) -> str:
-    digest = hashlib.sha256(cfg.federation.to_yaml().encode()).hexdigest()[:10]
+def config_map_name(cfg: StackConfig, text: str | None = None) -> str:
+    """``<instance>-federation-<hash of the config text>`` (default text: the stack's federation config)."""
+    digest = hashlib.sha256((cfg.federation.to_yaml() if text is None else text).encode()).hexdigest()[:10]
     return f"{cfg.deployment.instance}-federation-{digest}"
+
+
+def with_allowlist(fed: FederationConfig, silos: tuple[SiloIdentity, ...]) -> FederationConfig:
+    """``fed`` with ``security.silos`` set: the server's config in a cross-silo stack."""
+    return fed.model_copy(update={"security": fed.security.model_copy(update={"silos": tuple(silos)})})
 
 
 class ConfigObjects(pulumi.ComponentResource):
@@ -68,15 +75,24 @@ class ConfigObjects(pulumi.ComponentResource):
         creds: Credentials,
         labels: Labels,
         namespace: pulumi.Input[str],
+        *,
+        site: str = "",
+        allowlist: pulumi.Output[tuple[SiloIdentity, ...]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``allowlist``: the silos the server accepts (cross-silo hub), written into ``security.silos``."""
         super().__init__("tff-k8s:config_objects:ConfigObjects", name, None, opts)
-        self._labels, self._namespace = labels.of("config"), namespace
+        self._labels, self._namespace, self._site = labels.of("config"), namespace, site
         d = cfg.deployment
+        text: pulumi.Input[str] = cfg.federation.to_yaml()
+        map_name: pulumi.Input[str] = config_map_name(cfg)
+        if allowlist is not None:
+            text = allowlist.apply(lambda silos: with_allowlist(cfg.federation, silos).to_yaml())
+            map_name = text.apply(lambda t: config_map_name(cfg, t))
         self.config_map = core.ConfigMap(
-            "federation-config",
-            metadata=object_meta(config_map_name(cfg), namespace, self._labels),
-            data={layout.CONFIG_KEY: cfg.federation.to_yaml()},
+            logical(site, "federation-config"),
+            metadata=object_meta(map_name, namespace, self._labels),
+            data={layout.CONFIG_KEY: text},
             immutable=True,
             opts=child(self),
         ).metadata.name
@@ -92,7 +108,7 @@ class ConfigObjects(pulumi.ComponentResource):
         if not data:
             return None
         secret = core.Secret(
-            name,
+            logical(self._site, name),
             metadata=object_meta(name, self._namespace, self._labels),
             type="Opaque",
             string_data=data,

@@ -30,6 +30,11 @@ KIND_LOAD_NODES ?=
 DEV_STACK ?= dev
 
 .PHONY: kind-check kind-up images image-ref kind-load stack-dev preview-dev up-dev logs-dev down
+.PHONY: kind-up-crosssilo kind-load-crosssilo
+
+# Cross-silo on one machine (Pulumi.crosssilo.yaml, docs/kubernetes.md): a single-node cluster per party,
+# the hub first, so that its node gets the kind network's first address (the stack's hub.public_address).
+CROSSSILO_CLUSTERS ?= hub silo-a silo-b
 
 kind-check:
 	@have=$$($(KIND) version | sed -n 's/^kind v\([0-9][0-9.]*\).*/\1/p'); \
@@ -53,6 +58,15 @@ images:
 image-ref:
 	$(need-image)
 	@echo $(IMAGE_REF)
+
+kind-up-crosssilo: kind-check
+	@for c in $(CROSSSILO_CLUSTERS); do \
+		$(KIND) get clusters 2>/dev/null | grep -qx "$$c" || $(KIND) create cluster --name "$$c" --wait 180s || exit 1; \
+	done
+
+kind-load-crosssilo: kind-check
+	$(need-image)
+	@for c in $(CROSSSILO_CLUSTERS); do $(KIND) load docker-image --name "$$c" $(IMAGE_REF) $(IMAGE_REPO):dev || exit 1; done
 
 kind-load: kind-check
 	$(need-image)

@@ -14,6 +14,7 @@ Role = Literal["server", "client"]
 CONFIG_FILE = "/etc/tff-k8s/federation.yaml"
 CONFIG_KEY = posixpath.basename(CONFIG_FILE)
 TMP_DIR = "/tmp"  # TensorFlow writes here; the root filesystem is read-only
+DATA_DIR = "/srv/tff-k8s/data"  # a silo's data claim (read-only); federation.data.npz_dir lies below it
 INIT = ["/usr/bin/tini", "-g", "--"]  # reaps TFF's worker_binary and signals its process group
 PYTHON = "/opt/venv/bin/python"  # the image's environment (services/Dockerfile); absolute, needs no PATH
 
@@ -45,6 +46,8 @@ def mount_points(fed: FederationConfig, role: Role) -> dict[str, str]:
     points = {"(config file)": CONFIG_FILE, "(scratch)": TMP_DIR}
     if role == "server":
         points["federation.server.output_dir"] = fed.server.output_dir
+    if role == "client" and fed.data.source == "npz":
+        points["federation.data.npz_dir"] = DATA_DIR
     if (tls := tls_dir(fed)) is not None:
         points["federation.security.ca_file"] = tls
     if (auth := auth_dir(fed)) is not None:

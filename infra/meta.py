@@ -20,3 +20,9 @@ def object_meta(
 def child(parent: pulumi.Resource, **kwargs: object) -> pulumi.ResourceOptions:
     """Options for a resource owned by a component (the provider is inherited from the parent)."""
     return pulumi.ResourceOptions(parent=parent, **kwargs)  # type: ignore[arg-type]
+
+
+def logical(site: str, name: str) -> str:
+    """A resource's Pulumi name: the same Kubernetes name in several clusters (a silo's ``tff-client``)
+    needs one of its own per cluster; the hub's (``site`` empty) keep the names they always had."""
+    return f"{site}/{name}" if site else name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,14 @@ def placeholder(key: str) -> str:
     return f"<{key}: stack secret, not decrypted under mocks>"
 
 
+_PLACEHOLDER = re.compile(r"^<[^<>]+: stack secret, not decrypted under mocks>$")
+
+
+def is_placeholder(value: object) -> bool:
+    """Whether ``value`` is a :func:`placeholder` (or something made from one), not real material."""
+    return isinstance(value, str) and bool(_PLACEHOLDER.match(value))
+
+
 def _unwrap(value: Any, path: str, secrets: list[str]) -> Any:
     """Strip Pulumi's secret wrappers from mock inputs, remembering where they were."""
     if isinstance(value, dict):
@@ -120,7 +129,9 @@ def _monitor(run: MockedRun) -> Any:
                     bool(request.deleteBeforeReplace),
                 )
             )
-            return f"{args.name}-id", args.inputs
+            from infra.mocked_tls import outputs
+
+            return f"{args.name}-id", {**args.inputs, **outputs(args.typ, args.name, inputs)}
 
         def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
             return {}, []
@@ -143,13 +154,16 @@ def _pulumi_config(
     overrides: Mapping[str, Any] | None,
     secrets: Mapping[str, str] | None,
 ) -> tuple[dict[str, str], list[str]]:
-    from infra.stack_inputs import SECRET_KEYS
+    from infra.stack_inputs import DEPLOYMENT_KEY
+    from infra.stack_inputs import secret_keys as stack_secret_keys
 
     raw: dict[str, Any] = stack_config(stack, root)
     secret_keys = [k for k, v in raw.items() if isinstance(v, dict) and "secure" in v]
     raw = {k: v for k, v in raw.items() if k not in secret_keys}
     if secrets is None:  # stand in for every secret the stack could hold; real values never leave Pulumi
-        secrets = {f"{project}:{k}": placeholder(f"{project}:{k}") for k in SECRET_KEYS}
+        deployment = {**raw, **dict(overrides or {})}.get(f"{project}:{DEPLOYMENT_KEY}")
+        possible = stack_secret_keys(deployment if isinstance(deployment, Mapping) else None)
+        secrets = {f"{project}:{k}": placeholder(f"{project}:{k}") for k in possible}
         secrets |= {k: placeholder(k) for k in secret_keys}
     raw |= dict(secrets)
     raw |= dict(overrides or {})

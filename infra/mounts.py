@@ -26,6 +26,7 @@ class VolumeSources:
     checkpoints_claim: pulumi.Input[str] | None = None
     tls_secret: pulumi.Input[str] | None = None
     auth_secret: pulumi.Input[str] | None = None
+    data_claim: str | None = None  # a silo's own .npz files (read-only)
 
 
 def _secret_volume(name: str, secret: pulumi.Input[str], files: dict[str, str]) -> core.VolumeArgs:
@@ -73,6 +74,16 @@ def volumes_and_mounts(
             )
         )
         mounts.append(core.VolumeMountArgs(name="checkpoints", mount_path=fed.server.output_dir))
+    if role == "client" and src.data_claim is not None:
+        volumes.append(
+            core.VolumeArgs(
+                name="data",
+                persistent_volume_claim=core.PersistentVolumeClaimVolumeSourceArgs(
+                    claim_name=src.data_claim, read_only=True
+                ),
+            )
+        )
+        mounts.append(core.VolumeMountArgs(name="data", mount_path=layout.DATA_DIR, read_only=True))
     if (tls_dir := layout.tls_dir(fed)) is not None and src.tls_secret is not None:
         volumes.append(_secret_volume("tls", src.tls_secret, _tls_files(fed, role)))
         mounts.append(core.VolumeMountArgs(name="tls", mount_path=tls_dir, read_only=True))

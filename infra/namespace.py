@@ -6,8 +6,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.labels import Labels
-from infra.meta import child, object_meta
-from infra.quota import container_max, quota_hard
+from infra.meta import child, logical, object_meta
+from infra.quota import Workloads, container_max, quota_hard
 from infra.stack_config import DeploymentSettings
 
 core = k8s.core.v1
@@ -24,25 +24,33 @@ class FederationNamespace(pulumi.ComponentResource):
     are deleted before their budget on destroy."""
 
     def __init__(
-        self, name: str, d: DeploymentSettings, labels: Labels, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        d: DeploymentSettings,
+        labels: Labels,
+        workloads: Workloads | None = None,
+        *,
+        site: str = "",
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("tff-k8s:namespace:FederationNamespace", name, None, opts)
+        workloads = workloads or Workloads()
         ns_labels = labels.of("namespace")
         namespace = core.Namespace(
-            d.namespace,
+            logical(site, d.namespace),
             metadata=object_meta(d.namespace, None, {**ns_labels, **POD_SECURITY}),
             opts=child(self),
         )
         self.name = namespace.metadata.name
         quota = core.ResourceQuota(
-            f"{d.instance}-quota",
+            logical(site, f"{d.instance}-quota"),
             metadata=object_meta(f"{d.instance}-quota", self.name, ns_labels),
-            spec=core.ResourceQuotaSpecArgs(hard=quota_hard(d)),
+            spec=core.ResourceQuotaSpecArgs(hard=quota_hard(d, workloads)),
             opts=child(self),
         )
-        default = d.clients.resources
+        default = d.clients.resources if workloads.clients else d.server.resources
         limits = core.LimitRange(
-            f"{d.instance}-limits",
+            logical(site, f"{d.instance}-limits"),
             metadata=object_meta(f"{d.instance}-limits", self.name, ns_labels),
             spec=core.LimitRangeSpecArgs(
                 limits=[
@@ -50,7 +58,7 @@ class FederationNamespace(pulumi.ComponentResource):
                         type="Container",
                         default={"cpu": default.limits.cpu, "memory": default.limits.memory},
                         default_request={"cpu": default.requests.cpu, "memory": default.requests.memory},
-                        max=container_max(d),
+                        max=container_max(d, workloads),
                     )
                 ]
             ),

@@ -4,6 +4,9 @@ terminating, and nothing more."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from infra.quantity import byte_count, cpu_millis, format_bytes, format_cpu
 from infra.stack_config import ClientDeployment, DeploymentSettings, Resources
 
@@ -37,22 +40,39 @@ def max_pods(d: DeploymentSettings) -> int:
     return 1 + client_pods(d.clients)
 
 
-def quota_hard(d: DeploymentSettings) -> dict[str, str]:
-    items = [(1, d.server.resources), (client_pods(d.clients), d.clients.resources)]
+@dataclass(frozen=True)
+class Workloads:
+    """What runs in a namespace: one cluster has both; a cross-silo hub the server alone (and its public
+    Service), a silo its clients alone."""
+
+    server: bool = True
+    clients: bool = True
+    public_service: Literal["LoadBalancer", "NodePort"] | None = None
+    data_claim: bool = False  # a silo's data: a claim made outside this program, in the namespace it makes
+
+
+def quota_hard(d: DeploymentSettings, w: Workloads | None = None) -> dict[str, str]:
+    w = w or Workloads()
+    items = [(1, d.server.resources)] if w.server else []
+    if w.clients:
+        items.append((client_pods(d.clients), d.clients.resources))
+    pods = (1 if w.server else 0) + (client_pods(d.clients) if w.clients else 0)
     return {
         **_sum(items, "requests"),
         **_sum(items, "limits"),
-        "pods": str(max_pods(d)),
-        "persistentvolumeclaims": "1",
-        "requests.storage": d.server.storage.size,
-        "services.loadbalancers": "0",
-        "services.nodeports": "0",
+        "pods": str(pods),
+        "persistentvolumeclaims": str(int(w.server) + int(w.data_claim)),
+        **({"requests.storage": d.server.storage.size} if w.server else {}),
+        "services.loadbalancers": "1" if w.public_service == "LoadBalancer" else "0",
+        # a LoadBalancer Service allocates a node port too (allocateLoadBalancerNodePorts)
+        "services.nodeports": "1" if w.public_service else "0",
     }
 
 
-def container_max(d: DeploymentSettings) -> dict[str, str]:
-    """The LimitRange ceiling per container: the larger of the two workloads' limits."""
-    limits = [d.server.resources.limits, d.clients.resources.limits]
+def container_max(d: DeploymentSettings, w: Workloads | None = None) -> dict[str, str]:
+    """The LimitRange ceiling per container: the larger of the workloads' limits."""
+    w = w or Workloads()
+    limits = [r.limits for r, on in ((d.server.resources, w.server), (d.clients.resources, w.clients)) if on]
     return {
         "cpu": format_cpu(max(cpu_millis(x.cpu) for x in limits)),
         "memory": format_bytes(max(byte_count(x.memory) for x in limits)),

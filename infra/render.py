@@ -1,5 +1,8 @@
 """``tff-k8s render --stack STACK --out DIR``: the Kubernetes manifests a stack declares, as YAML files.
 
+A cross-silo stack writes one folder per cluster (``hub/``, ``<silo>/``); a single-cluster stack's files
+lie directly in DIR.
+
 The same program as ``pulumi up``, run under Pulumi mocks (:mod:`infra.mocked`) with the committed
 ``Pulumi.<stack>.yaml``: one file per Kubernetes resource, named ``<kind>-<namespace>-<name>.yaml``
 (``<kind>-<name>.yaml`` for cluster-scoped objects), keys sorted, so two renders of the same commit
@@ -14,7 +17,6 @@ replaced by a placeholder again before writing, whatever it holds.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +24,12 @@ from typing import Any
 
 import yaml
 
-from infra.mocked import REPO_ROOT, Resource, run_program
+from infra.mocked import REPO_ROOT, Resource, is_placeholder, run_program
 
 HEADER = "# Rendered by `tff-k8s render --stack {stack}` from Pulumi.{stack}.yaml under Pulumi mocks. Do not edit.\n"
 _HEADER_PREFIX = "# Rendered by `tff-k8s render"
 REDACTED = "<redacted: Pulumi secret>"
 SECRET_TYPE = "kubernetes:core/v1:Secret"
-_PLACEHOLDER = re.compile(r"^<[^<>]+: stack secret, not decrypted under mocks>$")  # infra.mocked.placeholder
 
 
 class RenderError(Exception):
@@ -54,7 +55,7 @@ def _redact(value: Any) -> Any:
         return {k: _redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v) for v in value]
-    return value if isinstance(value, str) and _PLACEHOLDER.match(value) else REDACTED
+    return value if is_placeholder(value) else REDACTED
 
 
 def manifest(resource: Resource) -> dict[str, Any]:
@@ -89,33 +90,35 @@ def render(stack: str, root: Path = REPO_ROOT) -> dict[str, str]:
     stacks = available_stacks(root)
     if stack not in stacks:
         raise UnknownStack(f"unknown stack {stack!r}: expected one of {stacks} (from Pulumi.<stack>.yaml)")
-    from infra.manifests import is_kubernetes
-
     # secrets=None: a placeholder for every stack secret, never a real value.
     run = run_program(stack, root=root, secrets=None, check=False)
     if run.error is not None:
         raise RenderError(f"stack {stack!r} cannot be rendered:\n{run.error}")
+    from infra.clusters import HUB, by_cluster
+
+    clusters = by_cluster(run)
     files: dict[str, str] = {}
-    for resource in run.resources:
-        if not is_kubernetes(resource):
-            continue
-        m = manifest(resource)
-        name = file_name(m)
-        if name in files:
-            raise RenderError(f"two resources render to {name}: rename one of them")
-        files[name] = HEADER.format(stack=stack) + to_yaml(m)
+    for cluster, resources in clusters.items():
+        folder = "" if set(clusters) == {HUB} else f"{cluster}/"  # one cluster: the files as they always were
+        for resource in resources:
+            m = manifest(resource)
+            name = folder + file_name(m)
+            if name in files:
+                raise RenderError(f"two resources render to {name}: rename one of them")
+            files[name] = HEADER.format(stack=stack) + to_yaml(m)
     return dict(sorted(files.items()))
 
 
 def write(files: dict[str, str], out: Path) -> list[Path]:
     """Write ``files`` into ``out``; earlier renders' files that are no longer declared are removed."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.yaml"):
-        if stale.name not in files and stale.read_text().startswith(_HEADER_PREFIX):
+    for stale in out.rglob("*.yaml"):
+        if stale.relative_to(out).as_posix() not in files and stale.read_text().startswith(_HEADER_PREFIX):
             stale.unlink()
     written = []
     for name, text in files.items():
         path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         written.append(path)
     return written
@@ -125,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tff-k8s render",
         description="Write the Kubernetes manifests a stack declares (under Pulumi mocks) as YAML, "
-        "one file per resource. Stack secrets are written as placeholders, never their values.",
+        "one file per resource (cross-silo: a folder per cluster). Stack secrets are written as placeholders, never their values.",
     )
     parser.add_argument("--stack", required=True, help=f"stack name ({', '.join(available_stacks())})")
     parser.add_argument("--out", required=True, type=Path, help="directory to write the YAML files into")

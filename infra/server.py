@@ -123,6 +123,39 @@ class FederationServer(pulumi.ComponentResource):
             ),
             opts=child(self),
         )
+        if cfg.cross_silo:
+            self._public_service(cfg, labels, namespace, meta)
         self.service_name = service.metadata.name
         self.pod_name = pod.metadata.name
         self.register_outputs({"service_name": self.service_name, "pod_name": self.pod_name})
+
+    def _public_service(
+        self, cfg: StackConfig, labels: Labels, namespace: pulumi.Input[str], meta: dict[str, str]
+    ) -> None:
+        """Cross-silo: the gRPC port (only) for the silos, as a Layer-4 Service, so the client
+        certificates reach the server. ``Local`` keeps the silos' source addresses, which the
+        NetworkPolicy's ipBlocks and loadBalancerSourceRanges match."""
+        hub, port = cfg.deployment.hub, cfg.federation.server.port
+        name = f"{cfg.deployment.server.name}-public"
+        balanced = hub.service_type == "LoadBalancer"
+        core.Service(
+            name,
+            metadata=object_meta(name, namespace, meta, hub.annotations or None),
+            spec=core.ServiceSpecArgs(
+                type=hub.service_type,
+                selector=labels.selector(SERVER),
+                external_traffic_policy="Local",
+                load_balancer_source_ranges=list(hub.silo_cidrs) if balanced and hub.silo_cidrs else None,
+                ports=[
+                    core.ServicePortArgs(
+                        name="grpc",
+                        port=hub.port if balanced else port,
+                        target_port=port,
+                        node_port=hub.node_port,
+                        protocol="TCP",
+                        app_protocol="grpc",
+                    )
+                ],
+            ),
+            opts=child(self),
+        )

@@ -9,6 +9,7 @@ the program declares any resource. Imports pydantic only (no Pulumi, no TensorFl
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -194,6 +195,38 @@ class ClientDeployment(Scratch):
         return self
 
 
+def _cidr_block(text: str, example: str, what: str, name: str) -> str:
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a CIDR block (e.g. {example}): {exc}") from None
+    if network.prefixlen == 0:
+        raise ValueError(f"{text!r} would allow {what} to every address: name {name}")
+    return str(network)  # a bare address becomes /32 (/128): ipBlock needs a prefix
+
+
+def _cidr_blocks(v: tuple[str, ...], example: str, what: str, name: str) -> tuple[str, ...]:
+    cidrs = [_cidr_block(text, example, what, name) for text in v]
+    if repeated := sorted({c for c in cidrs if cidrs.count(c) > 1}):
+        raise ValueError(f"{repeated} listed more than once")
+    return tuple(cidrs)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} must be host:port (e.g. hub.example.org:443 or 203.0.113.7:50051)")
+    return host, int(port)
+
+
+def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 class PeerSelector(_Strict):
     namespace: DnsLabel = Field(description="Namespace (by name) allowed in.")
     pod_labels: dict[str, str] = Field(
@@ -214,24 +247,113 @@ class Network(_Strict):
     @field_validator("dns_cidrs")
     @classmethod
     def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        cidrs = []
-        for text in v:
-            try:
-                network = ipaddress.ip_network(text, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"{text!r} is not a CIDR block (e.g. 169.254.20.10/32): {exc}") from None
-            if network.prefixlen == 0:
-                raise ValueError(f"{text!r} would allow port 53 to every address: name the resolvers' range")
-            cidrs.append(str(network))  # a bare address becomes /32 (/128): ipBlock needs a prefix
-        if repeated := sorted({c for c in cidrs if cidrs.count(c) > 1}):
-            raise ValueError(f"{repeated} listed more than once")
-        return tuple(cidrs)
+        return _cidr_blocks(v, "169.254.20.10/32", "port 53", "the resolvers' range")
 
     allow_load_balancer: bool = Field(
         default=False,
         description="Permit Services of type LoadBalancer in this stack. The policy pack (policy/) "
         "rejects them otherwise; this program itself declares ClusterIP Services only.",
     )
+
+
+class HubSettings(_Strict):
+    """Cross-silo only: how silos in other clusters reach the server (the hub's cluster and namespace are
+    deployment.kubernetes and deployment.namespace, as in a single-cluster stack)."""
+
+    public_address: str | None = Field(
+        default=None,
+        description="host:port silos dial: the load balancer's (or a node's) address. The server certificate "
+        "must name the host (generated certificates do).",
+    )
+    service_type: Literal["LoadBalancer", "NodePort"] = Field(
+        default="LoadBalancer",
+        description="How the server's gRPC port leaves the cluster: a Service of this type (Layer 4, so "
+        "mutual TLS reaches the server end to end; an Ingress that terminates TLS would hide the silos' "
+        "certificates). LoadBalancer needs deployment.network.allow_load_balancer.",
+    )
+    node_port: int | None = Field(
+        default=None, ge=30000, le=32767, description="The node port (service_type NodePort only; required there)."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations of the public Service: the cloud's load balancer settings "
+        "(e.g. service.beta.kubernetes.io/aws-load-balancer-type: nlb).",
+    )
+    silo_cidrs: tuple[str, ...] = Field(
+        default=(),
+        description="Source ranges allowed to the server port (NetworkPolicy ingress and the load balancer's "
+        "loadBalancerSourceRanges); empty: any source (the server still refuses certificates of no silo).",
+    )
+    ca: Literal["secrets", "generate"] = Field(
+        default="secrets",
+        description="secrets: the CA and server certificate are stack secrets (tlsCaCert, tlsServerCert, "
+        "tlsServerKey; tlsCaKey too when a silo's certificate is generated); generate: the program makes the "
+        "CA, the server certificate and every silo's certificate (the tls provider; keys live in the state).",
+    )
+    validity_hours: int = Field(default=8760, ge=1, description="Lifetime of generated certificates.")
+
+    @field_validator("public_address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None:
+            _host_port(v)
+        return v
+
+    @field_validator("silo_cidrs")
+    @classmethod
+    def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _cidr_blocks(v, "198.51.100.0/24", "the server port", "the silos' egress ranges")
+
+    @property
+    def host(self) -> str:
+        return _host_port(self.public_address)[0] if self.public_address else ""
+
+    @property
+    def port(self) -> int:
+        return _host_port(self.public_address)[1] if self.public_address else 0
+
+
+class SiloData(_Strict):
+    pvc: DnsSubdomain | None = Field(
+        default=None,
+        description="An existing PersistentVolumeClaim in the silo's namespace holding the silo's .npz files "
+        "(mounted read-only); null: the bundled digits, a shard per client handed out by the server (demos).",
+    )
+    path: str = Field(default="", description="Directory of the .npz files inside the claim ('' : its root).")
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/"):
+            raise ValueError(f"{v!r} must be a path inside the claim (relative, no '..')")
+        return v.strip("/")
+
+
+class SiloIdentityConfig(_Strict):
+    generate: bool = Field(
+        default=False,
+        description="true: the program makes the silo's client key and certificate (signed by the hub's CA); "
+        "false: stack secrets tlsClientCert-<silo> and tlsClientKey-<silo>.",
+    )
+
+
+class Silo(_Strict):
+    name: DnsLabel = Field(description="The silo's name: its identity in the server's allowlist and in metrics.")
+    kubernetes: KubernetesTarget = KubernetesTarget()
+    namespace: DnsLabel = "tff-k8s"
+    clients: ClientDeployment = ClientDeployment()
+    data: SiloData = SiloData()
+    identity: SiloIdentityConfig = SiloIdentityConfig()
+    hub_cidr: str | None = Field(
+        default=None,
+        description="Where the hub's address lives (client egress): default the public_address's IP as /32; "
+        "required when public_address is a name.",
+    )
+
+    @field_validator("hub_cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        return None if v is None else _cidr_block(v, "203.0.113.7/32", "client egress", "the hub's range")
 
 
 class DeploymentSettings(_Strict):
@@ -249,6 +371,12 @@ class DeploymentSettings(_Strict):
     server: ServerDeployment = ServerDeployment()
     clients: ClientDeployment = ClientDeployment()
     network: Network = Network()
+    hub: HubSettings = HubSettings()
+    silos: tuple[Silo, ...] = Field(
+        default=(),
+        description="Cross-silo: clusters that run clients and dial the hub (this stack's server). "
+        "Empty: one cluster, the server and deployment.clients in deployment.namespace.",
+    )
 
 
 class StackConfig(_Strict):
@@ -261,12 +389,45 @@ class StackConfig(_Strict):
         d = self.deployment
         return f"{d.server.name}.{d.namespace}.svc:{self.federation.server.port}"
 
+    @property
+    def cross_silo(self) -> bool:
+        return bool(self.deployment.silos)
+
+    def hub_cidr(self, silo: Silo) -> str:
+        """The block a silo's clients may dial the hub in (validated to exist by :func:`parse`)."""
+        if silo.hub_cidr is not None:
+            return silo.hub_cidr
+        ip = ip_literal(self.deployment.hub.host)
+        assert ip is not None
+        return str(ipaddress.ip_network(ip))
+
+    def for_silo(self, silo: Silo) -> StackConfig:
+        """The stack as one silo's cluster sees it: its namespace, target, clients and federation config."""
+        deployment = self.deployment.model_copy(
+            update={"namespace": silo.namespace, "kubernetes": silo.kubernetes, "clients": silo.clients}
+        )
+        return self.model_copy(update={"deployment": deployment, "federation": self.silo_federation(silo)})
+
+    def silo_federation(self, silo: Silo) -> FederationConfig:
+        """The federation config a silo's clients read: the hub's public address, the silo's own data, and
+        no allowlist (the server's alone; a silo need not know the others)."""
+        dumped = self.federation.model_dump(mode="json")
+        dumped["client"]["server_address"] = self.deployment.hub.public_address
+        dumped["security"]["silos"] = []
+        if silo.data.pvc is not None:
+            dumped["data"] |= {"source": "npz", "npz_dir": posixpath.join(layout.DATA_DIR, silo.data.path).rstrip("/")}
+        return from_mapping(dumped)
+
 
 def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
     d, fed = cfg.deployment, cfg.federation
     training, clients = fed.training, d.clients
     problems: list[tuple[str, str]] = []
-    if clients.replicas < training.min_clients:
+    if cfg.cross_silo:
+        from infra.cross_silo_checks import cross_silo_problems  # it reads this module's types
+
+        problems += cross_silo_problems(cfg)
+    elif clients.replicas < training.min_clients:
         problems.append(
             (
                 "deployment.clients.replicas",
@@ -274,7 +435,7 @@ def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
                 "no round could start: raise replicas or lower min_clients",
             )
         )
-    if clients.max_disrupted > clients.replicas:
+    if not cfg.cross_silo and clients.max_disrupted > clients.replicas:
         problems.append(
             ("deployment.clients.max_disrupted", f"{clients.max_disrupted} exceeds replicas ({clients.replicas})")
         )

@@ -33,7 +33,21 @@ AUTH_TOKEN = "authToken"
 CA_CERT, CERT, KEY = "ca.crt", "tls.crt", "tls.key"
 SERVER_TLS_SECRETS = {"tlsCaCert": CA_CERT, "tlsServerCert": CERT, "tlsServerKey": KEY}
 CLIENT_MTLS_SECRETS = {"tlsClientCert": CERT, "tlsClientKey": KEY}
+CA_KEY = "tlsCaKey"  # cross-silo, deployment.hub.ca secrets: signs the silos' generated certificates
 SECRET_KEYS = (AUTH_TOKEN, *SERVER_TLS_SECRETS, *CLIENT_MTLS_SECRETS)
+
+
+def silo_secrets(silo: str) -> dict[str, str]:
+    """Stack secret -> file name of a silo's own client certificate and key."""
+    return {f"{key}-{silo}": name for key, name in CLIENT_MTLS_SECRETS.items()}
+
+
+def secret_keys(deployment: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """Every stack secret a stack with this (raw) ``tff-k8s:deployment`` could read."""
+    silos = (deployment or {}).get("silos") or []
+    names = [s["name"] for s in silos if isinstance(s, Mapping) and isinstance(s.get("name"), str)]
+    per_silo = [key for name in names for key in silo_secrets(name)]
+    return (*SECRET_KEYS, *([CA_KEY] if names else []), *per_silo)
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,8 @@ class Credentials:
     auth: dict[str, pulumi.Output[str]] = field(default_factory=dict)
     server_tls: dict[str, pulumi.Output[str]] = field(default_factory=dict)
     client_tls: dict[str, pulumi.Output[str]] = field(default_factory=dict)
+    ca_key: pulumi.Output[str] | None = None  # cross-silo: signs generated silo certificates
+    silos: dict[str, dict[str, pulumi.Output[str]]] = field(default_factory=dict)  # silo -> its cert and key
 
 
 def _mapping(config: pulumi.Config, key: str) -> Mapping[str, Any]:
@@ -82,21 +98,39 @@ def read_stack_config(config: pulumi.Config) -> StackConfig:
         raise StackConfigError(f"{exc}\n  ({IMAGE_REF_ENV} set deployment.image.ref)") from None
 
 
+def _wanted(cfg: StackConfig) -> list[tuple[str, str]]:
+    """(stack secret, why) for every secret the stack needs."""
+    security, hub = cfg.federation.security, cfg.deployment.hub
+    wanted: list[tuple[str, str]] = []
+    if security.token_file:
+        wanted.append((AUTH_TOKEN, "federation.security.token_file is set"))
+    if not cfg.cross_silo:
+        if security.tls:
+            wanted += [(k, "federation.security.tls is true") for k in SERVER_TLS_SECRETS]
+        if security.mutual_tls:
+            wanted += [(k, "federation.security.mutual_tls is true") for k in CLIENT_MTLS_SECRETS]
+        return wanted
+    if hub.ca == "secrets":
+        wanted += [(k, "deployment.hub.ca is secrets") for k in SERVER_TLS_SECRETS]
+        generated = [s.name for s in cfg.deployment.silos if s.identity.generate]
+        if generated:
+            wanted.append((CA_KEY, f"silos {generated} have identity.generate and deployment.hub.ca is secrets"))
+    for i, silo in enumerate(cfg.deployment.silos):
+        if not silo.identity.generate:
+            why = f"deployment.silos.{i} ({silo.name}) has no identity.generate: its client certificate"
+            wanted += [(k, why) for k in silo_secrets(silo.name)]
+    return wanted
+
+
 def read_credentials(config: pulumi.Config, cfg: StackConfig) -> Credentials:
     security = cfg.federation.security
-    wanted: list[tuple[str, str, str]] = []  # (stack secret, target, why)
-    if security.token_file:
-        wanted.append((AUTH_TOKEN, "auth", "federation.security.token_file is set"))
-    if security.tls:
-        wanted += [(k, "server_tls", "federation.security.tls is true") for k in SERVER_TLS_SECRETS]
-    if security.mutual_tls:
-        wanted += [(k, "client_tls", "federation.security.mutual_tls is true") for k in CLIENT_MTLS_SECRETS]
-    read = {key: config.get_secret(key) for key, _, _ in wanted}
+    wanted = _wanted(cfg)
+    read = {key: config.get_secret(key) for key, _ in wanted}
     values = {key: value for key, value in read.items() if value is not None}
     missing = [
         f"{config.name}:{key}: missing stack secret ({why}): run "
         f"`pulumi config set --secret {config.name}:{key} <value>`"
-        for key, _, why in wanted
+        for key, why in wanted
         if key not in values
     ]
     if missing:
@@ -104,6 +138,13 @@ def read_credentials(config: pulumi.Config, cfg: StackConfig) -> Credentials:
     auth = {"token": values[AUTH_TOKEN]} if security.token_file else {}
     server_tls = {SERVER_TLS_SECRETS[k]: values[k] for k in SERVER_TLS_SECRETS if k in values}
     client_tls = {CLIENT_MTLS_SECRETS[k]: values[k] for k in CLIENT_MTLS_SECRETS if k in values}
-    if security.tls:
+    if security.tls and "tlsCaCert" in values:
         client_tls[CA_CERT] = values["tlsCaCert"]
-    return Credentials(auth=auth, server_tls=server_tls, client_tls=client_tls)
+    silos = {
+        silo.name: {name: values[key] for key, name in silo_secrets(silo.name).items()}
+        for silo in cfg.deployment.silos
+        if not silo.identity.generate
+    }
+    if cfg.cross_silo:
+        client_tls = {}  # a cross-silo hub runs no clients: each silo gets its own material (infra/pki.py)
+    return Credentials(auth=auth, server_tls=server_tls, client_tls=client_tls, ca_key=values.get(CA_KEY), silos=silos)

@@ -264,6 +264,7 @@ class Declared:
     kind: str
     props: Mapping[str, Any]
     urn: str = ""
+    cluster: str = ""  # the URN of its Kubernetes provider: one stack may span clusters (cross-silo)
 
     @property
     def name(self) -> Any:
@@ -272,6 +273,16 @@ class Declared:
     @property
     def namespace(self) -> Any:
         return _get(self.props, "metadata", "namespace")
+
+    @property
+    def place(self) -> tuple[str, Any]:
+        """(cluster, namespace): a namespace name is only unique within its cluster."""
+        return (self.cluster, self.namespace)
+
+
+def _on(cluster: str) -> str:
+    """`` on provider '<name>'`` for a resource of a named provider, nothing for the default one."""
+    return f" on provider {cluster.rsplit('::', 1)[-1]!r}" if cluster else ""
 
 
 @dataclass(frozen=True)
@@ -298,29 +309,29 @@ def _is_default_deny(policy: Mapping[str, Any]) -> bool:
 def namespace_default_deny(resources: Sequence[Declared]) -> list[Finding]:
     """Every namespace the stack declares or runs Pods in has a NetworkPolicy that selects every Pod
     and allows nothing in either direction (explicit allows are added on top of it)."""
-    namespaces: dict[str, str] = {}
+    namespaces: dict[tuple[str, str], str] = {}
     for r in resources:
         if r.kind == "Namespace" and isinstance(r.name, str):
-            namespaces[r.name] = r.urn
+            namespaces[(r.cluster, r.name)] = r.urn
     for r in resources:
         if pod_specs(r.kind, r.props) and isinstance(r.namespace, str):
-            namespaces.setdefault(r.namespace, r.urn)
-    denied = {r.namespace for r in resources if r.kind == "NetworkPolicy" and _is_default_deny(r.props)}
+            namespaces.setdefault(r.place, r.urn)
+    denied = {r.place for r in resources if r.kind == "NetworkPolicy" and _is_default_deny(r.props)}
     return [
         Finding(
-            f"namespace {ns!r} has no default-deny NetworkPolicy (podSelector {{}}, policyTypes "
+            f"namespace {ns!r}{_on(cluster)} has no default-deny NetworkPolicy (podSelector {{}}, policyTypes "
             "[Ingress, Egress], no rules); add one, then allow only the traffic the federation needs",
             urn,
         )
-        for ns, urn in sorted(namespaces.items())
-        if ns not in denied
+        for (cluster, ns), urn in sorted(namespaces.items())
+        if (cluster, ns) not in denied
     ]
 
 
 def server_checkpoint_volume(resources: Sequence[Declared], component: str = SERVER) -> list[Finding]:
     """The federation server (Pods labelled ``app.kubernetes.io/component: server``) mounts a
     persistent volume, writable, from a claim this stack declares: checkpoints outlive the Pod."""
-    claims = {(r.namespace, r.name) for r in resources if r.kind == "PersistentVolumeClaim"}
+    claims = {(*r.place, r.name) for r in resources if r.kind == "PersistentVolumeClaim"}
     findings = []
     servers = [
         (r, p)
@@ -355,7 +366,7 @@ def server_checkpoint_volume(resources: Sequence[Declared], component: str = SER
             )
         for name in mounted:
             claim = persistent.get(name)
-            if name not in templates and (r.namespace, claim) not in claims:
+            if name not in templates and (*r.place, claim) not in claims:
                 findings.append(
                     Finding(f"{where} mounts claim {claim!r}, which this stack does not declare", r.urn)
                 )
@@ -404,7 +415,7 @@ def disruption_budgets_allow_eviction(resources: Sequence[Declared]) -> list[Fin
     for budget in (r for r in resources if r.kind == "PodDisruptionBudget"):
         spec = _get(budget.props, "spec") or {}
         for workload in resources:
-            if workload.kind not in _REPLICATED or workload.namespace != budget.namespace:
+            if workload.kind not in _REPLICATED or workload.place != budget.place:
                 continue
             pods = pod_specs(workload.kind, workload.props)
             if not pods or not _selects(_get(spec, "selector"), pods[0].labels):

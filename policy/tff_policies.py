@@ -99,7 +99,8 @@ def _stack_validation(
         for resource in args.resources:
             kind = checks.kind_of(resource.resource_type)
             if kind is not None:
-                declared.append(checks.Declared(kind, resource.props, resource.urn))
+                cluster = resource.provider.urn if resource.provider is not None else ""
+                declared.append(checks.Declared(kind, resource.props, resource.urn, cluster))
         for finding in check(declared):
             report_violation(finding.message, finding.urn or None)
 

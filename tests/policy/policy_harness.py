@@ -144,6 +144,11 @@ def analyze(
             "urn": urn(r.type, r.name, stack),
             "name": r.name,
         }
+        if r.provider:  # "<provider urn>::<id>", as the engine names a resource's provider
+            provider_urn = r.provider.rsplit("::", 1)[0]
+            kwargs["provider"] = proto.AnalyzerProviderResource(
+                type=provider_urn.split("::")[-2], urn=provider_urn, name=provider_urn.split("::")[-1]
+            )
         found += _diagnostics(servicer.Analyze(proto.AnalyzeRequest(**kwargs), None))
         stack_resources.append(proto.AnalyzerResource(**kwargs))
     found += _diagnostics(servicer.AnalyzeStack(proto.AnalyzeStackRequest(resources=stack_resources), None))

@@ -25,6 +25,7 @@ from policy.pack_config import pack_config
 from policy.tff_policies import ENFORCEMENT, PACK_NAME, POLICIES, RESOURCE_POLICIES, STACK_POLICIES
 
 STACKS = ("dev", "prod")
+ALL_STACKS = (*STACKS, "crosssilo")  # crosssilo: the pack over every cluster's resources
 POLICY_DIR = REPO_ROOT / "policy"
 
 
@@ -51,14 +52,14 @@ def _public_path_violations(resources: list[Resource], config: dict[str, Any]) -
     return found
 
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", ALL_STACKS)
 def test_the_program_passes_the_whole_pack(stack: str) -> None:
     run = declared(stack)
     assert len([r for r in run.resources if r.type.startswith("kubernetes:")]) >= 15
     assert _public_path_violations(run.resources, pack_config(stack)) == []
 
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", ALL_STACKS)
 def test_the_program_passes_the_pack_as_the_cli_runs_it(stack: str) -> None:
     diagnostics = analyze(declared(stack).resources, pack_config(stack), stack)
     assert diagnostics == []
@@ -112,7 +113,7 @@ def test_an_unknown_value_in_preview_is_reported_not_passed() -> None:
         if r.type == "kubernetes:core/v1:Pod":
             inputs = copy.deepcopy(r.inputs)
             inputs["spec"]["containers"][0]["image"] = UNKNOWN_STRING_VALUE
-            r = Resource(r.type, r.name, inputs)
+            r = Resource(r.type, r.name, inputs, r.provider)  # on its cluster, as before
         resources.append(r)
     found = analyze(resources, pack_config("dev"))
     assert [(d.policy, d.mandatory) for d in found] == [("images-pinned", False)]
@@ -125,7 +126,7 @@ def test_a_load_balancer_needs_the_stack_switch() -> None:
         if r.type == "kubernetes:core/v1:Service":
             inputs = copy.deepcopy(r.inputs)
             inputs["spec"]["type"] = "LoadBalancer"
-            r = Resource(r.type, r.name, inputs)
+            r = Resource(r.type, r.name, inputs, r.provider)  # on its cluster, as before
         resources.append(r)
     assert [d.policy for d in analyze(resources, pack_config("dev"))] == ["no-load-balancer-services"]
     allowed = {**pack_config("dev"), "no-load-balancer-services": {"allowLoadBalancer": True}}
@@ -137,6 +138,16 @@ def test_removing_the_default_deny_fails_the_stack_policy() -> None:
     found = analyze(resources, pack_config("prod"))
     assert [d.policy for d in found] == ["namespace-default-deny"]
     assert found[0].urn.endswith("kubernetes:core/v1:Namespace::tff-k8s")
+
+
+def test_one_silos_default_deny_is_not_stood_in_for_by_anothers() -> None:
+    """Both silos use namespace tff-silo, each on its own cluster: silo-a's default-deny does not
+    cover silo-b's namespace."""
+    resources = [r for r in declared("crosssilo").resources if r.name != "silo-b/tff-k8s-default-deny"]
+    found = analyze(resources, pack_config("crosssilo"), "crosssilo")
+    assert [d.policy for d in found] == ["namespace-default-deny"]
+    assert found[0].urn.endswith("kubernetes:core/v1:Namespace::silo-b/tff-silo")
+    assert "namespace 'tff-silo' on provider 'kubernetes-silo-b'" in found[0].message
 
 
 def test_the_entry_point_only_builds_the_pack(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -308,7 +308,8 @@ def test_up_is_manual_and_offers_exactly_the_committed_stacks() -> None:
     up = load("up.yml")
     on = triggers(up)
     assert set(on) == {"workflow_dispatch"}
-    assert set(on["workflow_dispatch"]["inputs"]["stack"]["options"]) == stacks()
+    # crosssilo spans three kind clusters on one machine: users run its `pulumi up` on their own
+    assert set(on["workflow_dispatch"]["inputs"]["stack"]["options"]) == stacks() - {"crosssilo"}
     assert up["jobs"]["prod"]["environment"] == "prod"
     commands_run = [
         s["with"]["command"] for _, s in steps(up) if s.get("uses", "").startswith("pulumi/actions@")

@@ -6,7 +6,9 @@ from functools import cache
 
 from infra.render import render
 
-STACKS = ("dev", "prod")
+STACKS = ("dev", "prod")  # one cluster each: files directly in the render folder
+CROSS_SILO_STACKS = ("crosssilo",)  # a folder per cluster
+ALL_STACKS = (*STACKS, *CROSS_SILO_STACKS)
 
 
 @cache

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from rendered import STACKS, rendered
+from rendered import ALL_STACKS as STACKS
+from rendered import rendered
 
 from infra.mocked import REPO_ROOT
 from infra.render import write
@@ -74,7 +75,7 @@ def checkov(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(out.read_text())
-    result["files"] = {name: len(list(d.glob("*.yaml"))) for name, d in dirs.items()}
+    result["files"] = {name: len(list(d.rglob("*.yaml"))) for name, d in dirs.items()}
     return result
 
 

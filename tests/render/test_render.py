@@ -11,9 +11,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from rendered import STACKS, rendered
+from rendered import CROSS_SILO_STACKS, STACKS, rendered
 
 from infra import render as render_module
+from infra.clusters import by_cluster
 from infra.manifests import is_kubernetes, to_manifest
 from infra.mocked import REPO_ROOT, MockedRun, Resource, run_program, stack_config
 from infra.render import HEADER, REDACTED, file_name, main, manifest, write
@@ -129,7 +130,7 @@ def test_cli_dispatches_render(tmp_path: Path) -> None:
 def test_an_unknown_stack_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["render", "--stack", "staging", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "unknown stack 'staging'" in err and "['dev', 'prod']" in err
+    assert "unknown stack 'staging'" in err and "['crosssilo', 'dev', 'prod']" in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
@@ -171,3 +172,30 @@ def test_the_console_script_exits_2_for_an_unknown_stack(tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert "unknown stack 'nope'" in done.stderr
+
+
+@pytest.mark.parametrize("stack", CROSS_SILO_STACKS)
+def test_a_cross_silo_stack_renders_a_folder_per_cluster(stack: str, tmp_path: Path) -> None:
+    files = rendered(stack)
+    run = run_program(stack)
+    clusters = by_cluster(run)
+    assert {name.split("/", 1)[0] for name in files} == set(clusters) == {"hub", "silo-a", "silo-b"}
+    for cluster, resources in clusters.items():
+        assert sorted(f"{cluster}/{file_name(manifest(r))}" for r in resources) == sorted(
+            n for n in files if n.startswith(f"{cluster}/")
+        )
+    assert main(["--stack", stack, "--out", str(tmp_path / "a")]) == 0
+    assert main(["--stack", stack, "--out", str(tmp_path / "b")]) == 0
+    first = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*.yaml")}
+    second = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*.yaml")}
+    assert first == second and len(first) == len(files)
+    assert "hub/namespace-tff-hub.yaml" in files and "silo-a/namespace-tff-silo.yaml" in files
+    # the silos' keys never reach the files
+    for name in (n for n in files if "/secret-" in n):
+        assert "PRIVATE KEY" not in files[name], name
+
+
+def test_a_silo_dropped_from_the_stack_leaves_no_stale_folder_files(tmp_path: Path) -> None:
+    write({"hub/a.yaml": HEADER.format(stack="x") + "{}\n", "silo-z/b.yaml": HEADER.format(stack="x") + "{}\n"}, tmp_path)
+    write({"hub/a.yaml": HEADER.format(stack="x") + "{}\n"}, tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.yaml")) == ["hub/a.yaml"]
