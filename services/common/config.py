@@ -84,7 +84,7 @@ class SecureSettings(_Strict):
     """``training.aggregator: secure``: pairwise-masked secure aggregation (docs/secure-aggregation.md)."""
 
     threshold: int | None = Field(
-        None, ge=1, description="t: shares needed to rebuild a client's mask secrets, and clients that must "
+        None, ge=2, description="t: shares needed to rebuild a client's mask secrets, and clients that must "
         "survive for a round to complete (default: a strict majority of a neighbourhood, see neighbours).",
     )
     neighbours: int = Field(
