@@ -1,7 +1,7 @@
 """Adding masks to a vector of uint32 words mod 2^bits, block by block: a client masks its input
 with its self mask and its pairwise masks; the server removes the survivors' self masks and the
 dropped clients' pairwise masks from the running sum the same way (its extra memory is one block
-per mask, never a model-sized buffer per mask)."""
+at a time, never a model-sized buffer per mask)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,16 @@ def pair_seed(mask_key: KeyPair, peer_public: bytes, context: bytes) -> bytes:
 
 def add_masks(target: np.ndarray, masks: Sequence[tuple[bytes, int]], modulus_mask: int,
               block_words: int = BLOCK_WORDS) -> None:
-    """``target += sum(sign * PRG(seed))`` mod 2^bits, in place (``target`` is uint32, 1-D)."""
+    """``target += sum(sign * PRG(seed))`` mod 2^bits, in place (``target`` is uint32, 1-D): one mask
+    after the other, each a block at a time, so the extra memory is one block whatever the count."""
     if target.dtype != np.uint32 or target.ndim != 1:
         raise TypeError("masks are added to a 1-D uint32 vector")
-    streams = [(mask_blocks(seed, target.size, block_words), sign) for seed, sign in masks]
-    for start in range(0, target.size, block_words):
-        block = target[start : start + block_words]
-        for stream, sign in streams:
-            words = next(stream)
-            (np.add if sign > 0 else np.subtract)(block, words, out=block)
+    for seed, sign in masks:
+        op = np.add if sign > 0 else np.subtract
+        start = 0
+        for words in mask_blocks(seed, target.size, block_words):
+            block = target[start : start + words.size]
+            op(block, words, out=block)
+            start += words.size
     if modulus_mask != 0xFFFFFFFF:
         np.bitwise_and(target, np.uint32(modulus_mask), out=target)
