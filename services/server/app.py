@@ -33,6 +33,7 @@ from services.server.aggregation import Slots, aggregator_for
 from services.server.algorithm import ServerAlgorithm
 from services.server.coordinator import Coordinator
 from services.server.evaluation import Evaluator
+from services.server.identity import SiloGate
 from services.server.rounds import RoundRunner
 from services.server.servicer import FederationServicer, add_to_server
 from services.server.store import Codec, StateStore
@@ -75,6 +76,7 @@ class FederationServer:
         self.servicer = FederationServicer(
             self.coordinator, self.task.result_layout, self.telemetry,
             chunk_bytes=cfg.server.chunk_bytes, max_payload_bytes=cfg.server.max_payload_bytes, poll_s=POLL_S,
+            gate=SiloGate(cfg.security.silos),
         )
         self.runner = RoundRunner(
             training=training, coordinator=self.coordinator, aggregator=aggregator, apply=self.algorithm.apply,
@@ -116,7 +118,9 @@ class FederationServer:
         log.info("server listening", extra=fields(address=address, tls=self.cfg.security.tls, auth=bool(token),
                                                   metrics_port=s.metrics_port, health_port=s.health_port,
                                                   run=self.run_id, round=self.round,
-                                                  aggregator=self.cfg.training.aggregator))
+                                                  aggregator=self.cfg.training.aggregator,
+                                                  **({"silos": ",".join(self.servicer.gate.names)}
+                                                     if self.servicer.gate.enabled else {})))
 
     def stop(self) -> None:
         self.runner.stop()

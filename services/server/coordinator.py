@@ -37,6 +37,7 @@ class ClientRecord:
     last_seen: float
     busy_round: int = 0  # the round it was handed and has not answered yet
     told_done: bool = False
+    silo: str = ""  # cross-silo: the silo its certificate names (services/server/identity.py)
 
 
 Metrics = dict[str, float]  # a result's training metrics, from its header
@@ -94,23 +95,25 @@ class Coordinator:
         self._stopped = False
 
     # ---- what the servicer calls --------------------------------------------------------------
-    def join(self, name: str) -> ClientRecord:
+    def join(self, name: str, silo: str = "") -> ClientRecord:
+        """``silo``: the caller's silo, from its certificate; a name is only unique within its silo."""
         if not name or len(name) > MAX_NAME or not name.isprintable():
             raise Reject("invalid", f"client name must be 1..{MAX_NAME} printable characters")
+        key = f"{silo}/{name}" if silo else name
         with self._cv:
             now = self.clock()
-            known = self._by_name.get(name)
+            known = self._by_name.get(key)
             if known is not None:
                 record = self._clients[known]
                 record.last_seen = now
                 return record
-            shard = self._assignments.get(name)
+            shard = self._assignments.get(key)
             if shard is None:
                 shard = len(self._assignments) % self.num_shards
-                self._assignments[name] = shard
-            record = ClientRecord(secrets.token_hex(8), name, shard, now)
+                self._assignments[key] = shard
+            record = ClientRecord(secrets.token_hex(8), name, shard, now, silo=silo)
             self._clients[record.client_id] = record
-            self._by_name[name] = record.client_id
+            self._by_name[key] = record.client_id
             self._cv.notify_all()
             return record
 
@@ -178,6 +181,19 @@ class Coordinator:
             record.last_seen = self.clock()
             self._cv.notify_all()
 
+    def check_silo(self, client_id: str, silo: str) -> None:
+        """A client id is only good from the silo it joined from: another silo's caller gets
+        unknown_client, as if the id did not exist."""
+        with self._cv:
+            record = self._clients.get(client_id)
+            if record is not None and record.silo != silo:
+                raise Reject("unknown_client", f"unknown client id {client_id[:32]!r}: join first")
+
+    def silos_of(self, client_ids: list[str]) -> dict[str, str]:
+        """Each known client's silo ("" outside cross-silo federations)."""
+        with self._cv:
+            return {cid: self._clients[cid].silo for cid in client_ids if cid in self._clients}
+
     # ---- what the round loop calls ------------------------------------------------------------
     def live_clients(self) -> list[str]:
         with self._cv:
@@ -193,7 +209,7 @@ class Coordinator:
     def open_round(self, round_number: int, payload: Any, layout: str, aggregation: RoundAggregation) -> RoundTask:
         with self._cv:
             # By name, not by the random ids: the same seed samples the same clients on every run.
-            live = sorted(self._live(), key=lambda cid: self._clients[cid].name)
+            live = sorted(self._live(), key=lambda cid: (self._clients[cid].silo, self._clients[cid].name))
             count = min(self.clients_per_round, len(live))
             sampled = frozenset(self.rng.choice(live, size=count, replace=False).tolist()) if count else frozenset()
             self._task = RoundTask(

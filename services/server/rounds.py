@@ -46,6 +46,22 @@ def weighted_train_metrics(results: dict[str, Metrics]) -> dict[str, float]:
     return out
 
 
+def silo_rows(results: dict[str, Metrics], silos: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """Cross-silo: per silo (``silos``: each client's silo), the round's accepted results, their
+    examples and weight, and the slowest client's seconds. Empty outside cross-silo federations."""
+    rows: dict[str, dict[str, float]] = {}
+    for cid, m in results.items():
+        silo = silos.get(cid, "")
+        if not silo:
+            continue
+        row = rows.setdefault(silo, {"clients": 0, "num_examples": 0.0, "weight": 0.0, "seconds_max": 0.0})
+        row["clients"] += 1
+        row["num_examples"] += m.get("num_examples", 0.0)
+        row["weight"] += m.get("update_weight", 0.0)
+        row["seconds_max"] = max(row["seconds_max"], m.get("seconds", 0.0))
+    return dict(sorted(rows.items()))
+
+
 class RoundRunner:
     def __init__(self, *, training: TrainingSettings, coordinator: Coordinator, aggregator: Aggregator,
                  apply: Callable[[ServerState, Outcome], ServerState], store: Recorder, telemetry: Telemetry,
@@ -121,6 +137,10 @@ class RoundRunner:
             "started_at": started_at,
             "time": time.time(),
         }
+        silos = silo_rows(results, self.coordinator.silos_of(list(results)))
+        if silos:
+            record["silos"] = silos
+            self.telemetry.silo_round(silos)
         log.info("round applied", extra=fields(**{k: v for k, v in record.items() if k not in ("time", "started_at")}))
         self.store.record(self.state, dict(record), rng_state=self.coordinator.rng.bit_generator.state,
                           assignments=self.coordinator.assignments())

@@ -24,6 +24,7 @@ from services.server import secure_phases
 from services.server.aggregation import RoundClosed, Upload
 from services.server.broadcast import Broadcast
 from services.server.coordinator import Coordinator, Reject, RoundTask, TaskKind
+from services.server.identity import NotASilo, SiloGate
 from services.server.telemetry import Telemetry, memory_mb
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ STATUS = {
     "duplicate": grpc.StatusCode.ALREADY_EXISTS,
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "out_of_order": grpc.StatusCode.FAILED_PRECONDITION,  # a secure phase before its turn
 }
 MAX_METRICS = 32
@@ -101,8 +103,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         chunk_bytes: int,
         max_payload_bytes: int,
         poll_s: float = 10.0,
+        gate: SiloGate | None = None,
     ) -> None:
         self.coordinator = coordinator
+        self.gate = gate or SiloGate(())
         self.result_layout = result_layout
         self.telemetry = telemetry
         self._broadcast: Broadcast | None = None
@@ -117,14 +121,29 @@ class FederationServicer(pb_grpc.FederationServicer):
         context.abort(STATUS[reason], message)
         raise AssertionError("grpc's context.abort always raises")
 
+    def _silo(self, context: grpc.ServicerContext, client_id: str | None = None) -> str:
+        """The caller's silo (services/server/identity.py); with ``client_id``, also that the id
+        joined from that silo."""
+        try:
+            silo = self.gate.silo_of(context)
+            if client_id is not None:
+                self.coordinator.check_silo(client_id, silo)
+        except NotASilo as exc:
+            self._abort(context, "unauthenticated", str(exc))
+        except Reject as exc:
+            self._abort(context, exc.reason, str(exc))
+        return silo
+
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:  # noqa: N802
         if isinstance(request, Malformed):
             self._abort(context, "invalid", request.error)
+        silo = self._silo(context)
         try:
-            record = self.coordinator.join(request.name)
+            record = self.coordinator.join(request.name, silo)
         except Reject as exc:
             self._abort(context, exc.reason, str(exc))
-        log.info("client joined", extra=fields(client=record.name, client_id=record.client_id, shard=record.shard))
+        log.info("client joined", extra=fields(client=record.name, client_id=record.client_id, shard=record.shard,
+                                                **({"silo": silo} if silo else {})))
         return pb.JoinReply(
             client_id=record.client_id, shard_index=record.shard, num_shards=self.coordinator.num_shards
         )
@@ -132,6 +151,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.TaskChunk | bytes]:  # noqa: N802
         if isinstance(request, Malformed):
             self._abort(context, "invalid", request.error)
+        self._silo(context, request.client_id)
         try:
             kind, task = self.coordinator.next_task(request.client_id, self.poll_s)
         except Reject as exc:
@@ -162,6 +182,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def SecureAggregation(self, request: pb.SecureRequest, context: grpc.ServicerContext) -> pb.SecureReply:  # noqa: N802
         if isinstance(request, Malformed):
             self._abort(context, "invalid", request.error)
+        self._silo(context, request.client_id)
         try:
             return secure_phases.handle(self.coordinator, request, context.time_remaining())
         except Reject as exc:
@@ -181,10 +202,12 @@ class FederationServicer(pb_grpc.FederationServicer):
         if first is None or isinstance(first, memoryview) or first.WhichOneof("part") != "header":
             self._abort(context, "invalid", "a result stream must start with a ResultHeader")
         h = first.header
+        self._silo(context, h.client_id)
         try:
             task = self.coordinator.begin_upload(h.client_id, h.task_id, h.round)
             try:
-                metrics = _validate_metrics(h.metrics)
+                # The weight the server took, for the per-silo rows (it overrides a metric of that name).
+                metrics = {**_validate_metrics(h.metrics), "update_weight": float(h.update_weight)}
                 check_size(h.payload_bytes, self.max_payload_bytes)
                 expected = task.aggregation.result_layout  # the masked layout in a secure round
                 expected.check_fingerprint(h.layout, "this result")

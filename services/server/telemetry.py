@@ -1,6 +1,7 @@
 """Prometheus text endpoint of the server (``server.metrics_port``): rounds completed, whether
-training has finished, clients connected, round duration histogram, bytes in/out and results
-rejected by reason."""
+training has finished, clients connected, round duration histogram, bytes in/out, results
+rejected by reason and, in a cross-silo federation, per silo: results, examples and weight
+accepted, and the slowest client's seconds in the last round."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+SILO_METRICS = (  # (name, key in Telemetry.silos, type, help)
+    ("tff_k8s_silo_results_total", "results", "counter", "Client results accepted from each silo."),
+    ("tff_k8s_silo_examples_total", "num_examples", "counter", "Training examples behind each silo's accepted results."),
+    ("tff_k8s_silo_weight_total", "weight", "counter", "Sum of the update weights accepted from each silo."),
+    ("tff_k8s_silo_round_seconds", "seconds_max", "gauge", "The slowest client of each silo in the last applied round."),
+)
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -26,6 +33,7 @@ class Telemetry:
         self._buckets = [0] * len(BUCKETS)
         self._duration_sum = 0.0
         self._duration_count = 0
+        self.silos: dict[str, dict[str, float]] = {}  # silo -> totals, and the last round's seconds
 
     def round_done(self, seconds: float) -> None:
         with self._lock:
@@ -42,6 +50,16 @@ class Telemetry:
     def round_retried(self) -> None:
         with self._lock:
             self.rounds_retried += 1
+
+    def silo_round(self, rows: dict[str, dict[str, float]]) -> None:
+        """An applied round's per-silo rows (services/server/rounds.py's silo_rows)."""
+        with self._lock:
+            for silo, row in rows.items():
+                total = self.silos.setdefault(silo, {"results": 0, "num_examples": 0.0, "weight": 0.0})
+                total["results"] += row["clients"]
+                total["num_examples"] += row["num_examples"]
+                total["weight"] += row["weight"]
+                total["seconds_max"] = row["seconds_max"]
 
     def add_bytes(self, *, received: int = 0, sent: int = 0) -> None:
         with self._lock:
@@ -87,6 +105,10 @@ class Telemetry:
                 f"tff_k8s_round_duration_seconds_sum {self._duration_sum}",
                 f"tff_k8s_round_duration_seconds_count {self._duration_count}",
             ]
+            for metric, key, kind, help_text in SILO_METRICS:
+                if self.silos:
+                    lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+                lines += [f'{metric}{{silo="{silo}"}} {row.get(key, 0)}' for silo, row in sorted(self.silos.items())]
         return "\n".join(lines) + "\n"
 
     def serve(self, host: str, port: int) -> ThreadingHTTPServer:

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from typing import Any
 import yaml
 
 from infra.manifests import manifests as to_manifests
-from infra.mocked import REPO_ROOT, run_program
+from infra.mocked import REPO_ROOT, run_program, stack_config
 
 IMAGES_SCRIPT = REPO_ROOT / "tests" / "containers" / "images.sh"
 SETUP_SCRIPT = REPO_ROOT / "tests" / "containers" / "setup.sh"
@@ -44,10 +45,15 @@ TRANSFORMS = {
     "secrets": "TLS and token Secrets are mounted from files the test writes (hostPath directory): "
     "podman 4.3 crashes on a secret volume without `optional`, and with it writes the values base64-encoded",
     "service DNS": "podman has no Services: the server Pod gets a fixed address in a podman network the "
-    "test creates, and the client template a hostAliases entry mapping the Service's DNS name to it",
+    "test creates, and the client template a hostAliases entry mapping the Service's DNS name to it (across "
+    "clusters: the hub's public name to the host's address on the silo's network, where the published port is)",
     "container ports": "the containers' `ports` lists are dropped: podman 4.3 publishes every containerPort "
     "on the host (a cluster publishes none), so three client replicas would clash on one host port; the "
-    "test reaches each Pod at its own address instead",
+    "test reaches each Pod at its own address instead. Across clusters the hub's server port alone is "
+    "published, on a free host port, standing in for its LoadBalancer",
+    "clusters": "each cluster of a cross-silo stack is a podman network of its own, and firewall rules on "
+    "this machine drop traffic between them except to the hub's published port: a silo reaches the hub only "
+    "as it would through a load balancer",
     "own scratch volumes": "podman 4.3 backs every emptyDir with one named volume per volume name, shared "
     "by every pod that names it (and ignores sizeLimit and medium): each pod's emptyDir is renamed after "
     "the pod, and a Deployment of N replicas is played as N one-replica Deployments, so every pod gets "
@@ -93,6 +99,21 @@ def rendered(stack: str, overrides: Mapping[str, Any] | None = None,
     return to_manifests(run_program(stack, overrides=overrides, secrets=secrets).resources)
 
 
+def stack_overrides(stack: str, deployment: Mapping[str, Any], federation: Mapping[str, Any]) -> dict[str, Any]:
+    """``stack``'s two structured config keys with these sections merged in (mappings merged key by key,
+    anything else replaced), as :func:`rendered`'s ``overrides``."""
+    raw = stack_config(stack)
+
+    def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merged(out.get(key) or {}, value) if isinstance(value, Mapping) else value
+        return out
+
+    return {"tff-k8s:deployment": merged(raw["tff-k8s:deployment"], deployment),
+            "tff-k8s:federation": merged(raw["tff-k8s:federation"], federation)}
+
+
 def _secret_data(secret: dict[str, Any]) -> dict[str, str]:
     data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
     return {**data, **(secret.get("stringData") or {})}
@@ -109,9 +130,14 @@ def _pod_spec(m: dict[str, Any]) -> dict[str, Any]:
     return m["spec"] if m["kind"] == "Pod" else m["spec"]["template"]["spec"]
 
 
-def for_podman(manifests: list[dict[str, Any]], *, image: str, files: PodmanFiles, server_pod: str,
-               server_service: str, server_ip: str, uid: int) -> list[dict[str, Any]]:
-    """The manifests podman plays, after :data:`TRANSFORMS` (the input is left as it was)."""
+def for_podman(manifests: list[dict[str, Any]], *, image: str, files: PodmanFiles, uid: int,
+               aliases: Mapping[str, str], first_pod: str | None = None,
+               publish: Mapping[int, int] | None = None, prefix: str = "") -> list[dict[str, Any]]:
+    """The manifests podman plays, after :data:`TRANSFORMS` (the input is left as it was).
+    ``aliases``: host names the Deployments' Pods resolve (name -> address); ``first_pod``: played
+    first (it takes the play's fixed address); ``publish``: containerPort -> host port to publish
+    of ``first_pod`` (across clusters: the hub's server port); ``prefix``: put before every played
+    object's name (podman's pod names are one namespace for all clusters)."""
     config_maps = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "ConfigMap"}
     secrets = {m["metadata"]["name"]: _secret_data(m) for m in manifests if m["kind"] == "Secret"}
     out = []
@@ -119,6 +145,7 @@ def for_podman(manifests: list[dict[str, Any]], *, image: str, files: PodmanFile
         if original["kind"] not in PLAYED_KINDS:
             continue
         m = copy.deepcopy(original)
+        m["metadata"]["name"] = prefix + m["metadata"]["name"]
         spec = _pod_spec(m)
         for meta in (m["metadata"], m["spec"].get("template", {}).get("metadata", {})):
             if meta.get("annotations"):
@@ -126,7 +153,10 @@ def for_podman(manifests: list[dict[str, Any]], *, image: str, files: PodmanFile
         for container in spec["containers"]:
             container["image"] = image
             container["imagePullPolicy"] = "Never"
-            container.pop("ports", None)
+            ports = container.pop("ports", None) or []
+            if publish and m["metadata"]["name"] == first_pod:
+                container["ports"] = [{"containerPort": p["containerPort"], "hostPort": publish[p["containerPort"]],
+                                       "protocol": "TCP"} for p in ports if p["containerPort"] in publish]
         volumes = []
         for volume in spec.get("volumes", []):
             name = volume["name"]
@@ -160,7 +190,7 @@ def for_podman(manifests: list[dict[str, Any]], *, image: str, files: PodmanFile
             volumes.append(volume)
         spec["volumes"] = volumes
         if m["kind"] == "Deployment":
-            spec["hostAliases"] = [{"ip": server_ip, "hostnames": [server_service]}]
+            spec["hostAliases"] = [{"ip": ip, "hostnames": [name]} for name, ip in aliases.items()]
             replicas = int(m["spec"].get("replicas", 1))
             for i in range(replicas):
                 one = copy.deepcopy(m)
@@ -170,9 +200,10 @@ def for_podman(manifests: list[dict[str, Any]], *, image: str, files: PodmanFile
         else:
             out.append(_own_scratch(m))
     names = [m["metadata"]["name"] for m in out]
-    if server_pod not in names:
-        raise ValueError(f"no Pod {server_pod!r} among {names}")
-    out.sort(key=lambda m: m["metadata"]["name"] != server_pod)  # the server first: it takes the fixed IP
+    if first_pod is not None:
+        if first_pod not in names:
+            raise ValueError(f"no Pod {first_pod!r} among {names}")
+        out.sort(key=lambda m: m["metadata"]["name"] != first_pod)  # the server first: it takes the fixed IP
     return out
 
 
@@ -206,11 +237,12 @@ class Play:
         self.manifests, self.workdir, self.network, self.subnet = manifests, workdir, network, subnet
         self.yaml_path = workdir / "play.yaml"
 
-    def up(self, server_ip: str) -> None:
+    def up(self, first_ip: str | None) -> None:
+        """Create the network and play; ``first_ip``: the first pod's fixed address."""
         self.yaml_path.write_text(yaml.safe_dump_all(self.manifests, sort_keys=False))
         run(["podman", "network", "create", "--subnet", self.subnet, self.network], timeout=60)
-        run(["podman", "kube", "play", "--network", self.network, "--ip", server_ip, str(self.yaml_path)],
-            timeout=300)
+        fixed = ["--ip", first_ip] if first_ip else []
+        run(["podman", "kube", "play", "--network", self.network, *fixed, str(self.yaml_path)], timeout=300)
 
     def down(self) -> None:
         if self.yaml_path.exists():
@@ -250,27 +282,56 @@ def _address(container: str, network: str) -> str:
 
 def free_subnet() -> ipaddress.IPv4Network:
     """A /24 in podman's own default range (10.89.0.0/16) that no podman network uses yet."""
+    return free_subnets(1)[0]
+
+
+def free_subnets(count: int) -> list[ipaddress.IPv4Network]:
+    """``count`` different /24s in podman's own default range (10.89.0.0/16) that no podman network uses yet."""
     used = set()
     for name in run(["podman", "network", "ls", "--format", "{{.Name}}"]).stdout.split():
         for net in json.loads(run(["podman", "network", "inspect", name]).stdout or "[]"):
             for sub in net.get("subnets") or []:
                 used.add(ipaddress.ip_network(sub["subnet"]))
-    for third in range(100, 250):
-        candidate = ipaddress.ip_network(f"10.89.{third}.0/24")
-        if not any(candidate.overlaps(u) for u in used):
-            return candidate
-    raise RuntimeError("no free /24 left in 10.89.100-249.0/24 for the test's podman network")
+    free = [candidate for third in range(100, 250)
+            if not any((candidate := ipaddress.ip_network(f"10.89.{third}.0/24")).overlaps(u) for u in used)]
+    if len(free) < count:
+        raise RuntimeError(f"fewer than {count} free /24s left in 10.89.100-249.0/24 for the test's podman networks")
+    return free[:count]
 
 
 @contextmanager
 def played(manifests: list[dict[str, Any]], workdir: Path, subnet: ipaddress.IPv4Network,
-           server_ip: str) -> Iterator[Play]:
+           first_ip: str | None) -> Iterator[Play]:
     play = Play(manifests, workdir, f"tff-e2e-{uuid.uuid4().hex[:8]}", str(subnet))
     try:
-        play.up(server_ip)
+        play.up(first_ip)
         yield play
     finally:
         play.down()
+
+
+def gateway(subnet: ipaddress.IPv4Network) -> str:
+    """The host's own address on a podman network (its first address): where published ports are."""
+    return str(subnet.network_address + 1)
+
+
+@contextmanager
+def separated(subnets: list[ipaddress.IPv4Network]) -> Iterator[None]:
+    """Traffic between these podman networks is dropped, except connections to a port the host
+    publishes (DNAT-ed): the networks stand for clusters that reach each other only through a load
+    balancer (TRANSFORMS: clusters). The rules go when the block ends."""
+    rules = [["FORWARD", "-s", str(a), "-d", str(b), "-m", "conntrack", "!", "--ctstate", "DNAT",
+              "-m", "comment", "--comment", "tff-e2e-clusters", "-j", "DROP"]
+             for a in subnets for b in subnets if a != b]
+    added = []
+    try:
+        for rule in rules:
+            run(["iptables", "-I", *rule], timeout=30)
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            run(["iptables", "-D", *rule], timeout=30, check=False)
 
 
 # ---- observing ------------------------------------------------------------------------------------
@@ -285,6 +346,15 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float, play: Pla
                                    for c in play.containers())
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
         time.sleep(poll)
+
+
+def metric(address: str, name: str, labels: str = "") -> float:
+    """One value from a Prometheus text endpoint (``address`` host:port); ``labels`` as written, e.g. ``{reason="x"}``."""
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name}{labels} not on {address}/metrics")
 
 
 def records(claim_dir: Path) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the container tests need when it is missing: podman (with catatonit, its pause
-# binary), runc and debootstrap, from Debian's packages; then configures podman for this kind of
+# binary), runc, debootstrap and iptables, from Debian's packages; then configures podman for this kind of
 # machine (containers.conf), each setting for a failure seen here:
 #   runtime = "runc": the machine mounts cgroup v1 controllers beside an empty cgroup2 tree
 #     ("hybrid"), which Debian's crun 1.8 refuses ("cgroups in hybrid mode not supported");
@@ -15,6 +15,7 @@ command -v podman >/dev/null 2>&1 || need+=(podman)
 [ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null 2>&1 || need+=(catatonit)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)  # the cross-silo test separates its networks
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "setup.sh: missing ${need[*]}; install them (Debian: apt-get install ${need[*]}) or run as root" >&2

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,13 @@ import pytest
 from kube import (
     Play,
     PodmanFiles,
-    build_image,
     for_podman,
     free_subnet,
+    metric,
     played,
-    podman_available,
     records,
     rendered,
+    stack_overrides,
     wait_for,
 )
 from support.grpc_health import health_status as health
@@ -42,20 +41,9 @@ from services.common.health import LIVE, READY
 # The first test also builds the image (cold: debootstrap and a full build, several minutes).
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-IMAGE = "localhost/tff-k8s:e2e"
 ACCURACY = 0.90
 START_S = 300  # image start, TensorFlow import and joins on a loaded 2-core machine
 FINISHED_QUIET_S = 20  # how long a finished federation is watched for restarts
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    why = podman_available()
-    if why is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: the container tests must run, but {why}")
-        pytest.skip(why)
-    return build_image(IMAGE)
 
 
 @dataclass
@@ -89,25 +77,7 @@ class Deployed:
         return len(records(self.claim)) >= n
 
     def metric(self, name: str) -> float:
-        port = self.cfg.federation.server.metrics_port
-        text = urllib.request.urlopen(f"http://{self.server_ip}:{port}/metrics", timeout=5).read().decode()
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise AssertionError(f"{name} not on /metrics")
-
-
-def _overridden(stack: str, deployment: dict[str, Any], federation: dict[str, Any]) -> dict[str, Any]:
-    raw = stack_config(stack)
-
-    def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-        out = dict(base)
-        for key, value in extra.items():
-            out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
-        return out
-
-    return {"tff-k8s:deployment": merged(raw["tff-k8s:deployment"], deployment),
-            "tff-k8s:federation": merged(raw["tff-k8s:federation"], federation)}
+        return metric(f"{self.server_ip}:{self.cfg.federation.server.metrics_port}", name)
 
 
 @pytest.fixture
@@ -116,7 +86,7 @@ def deploy(image: str, tmp_path: Path) -> Iterator[Any]:
 
     def start(stack: str, deployment: dict[str, Any], federation: dict[str, Any],
               secrets: dict[str, str] | None = None) -> Deployed:
-        overrides = _overridden(stack, deployment, federation)
+        overrides = stack_overrides(stack, deployment, federation)
         cfg = parse(overrides["tff-k8s:deployment"], overrides["tff-k8s:federation"])
         manifests = rendered(stack, overrides, secrets)
         subnet = free_subnet()
@@ -124,9 +94,8 @@ def deploy(image: str, tmp_path: Path) -> Iterator[Any]:
         d = cfg.deployment
         work = tmp_path / f"play-{len(plays)}"
         work.mkdir()
-        transformed = for_podman(manifests, image=image, files=PodmanFiles(work), server_pod=d.server.name,
-                                 server_service=cfg.server_address.rpartition(":")[0], server_ip=server_ip,
-                                 uid=d.run_as_user)
+        transformed = for_podman(manifests, image=image, files=PodmanFiles(work), uid=d.run_as_user,
+                                 aliases={cfg.server_address.rpartition(":")[0]: server_ip}, first_pod=d.server.name)
         context = played(transformed, work, subnet, server_ip)
         play = context.__enter__()
         plays.append(context)
