@@ -20,7 +20,6 @@ import pytest
 from services.client import secure_exchange
 from services.client.secure import SecureProtocolError
 from services.client.session import Session
-from services.client.trainer import Trained
 from services.common.config import SecureSettings, from_mapping
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
@@ -44,6 +43,16 @@ WAIT = 30.0
 def result(i: int) -> tuple[list[np.ndarray], float]:
     rng = np.random.default_rng(i)
     return [rng.uniform(-0.5, 0.5, s).astype(np.float32) for s in SHAPES], float(10 + i)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What the client's trainer hands the secure exchange (services/client/trainer.py's Trained,
+    without TensorFlow)."""
+
+    result: tuple[memoryview, ...]
+    weight: float
+    metrics: dict[str, float]
 
 
 @dataclass
