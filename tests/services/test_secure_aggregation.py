@@ -236,3 +236,13 @@ def test_the_servers_memory_stays_o_model_while_unmasking_dropouts() -> None:
     # a few blocks (the mask's, dequantizing's int64 and float64), whatever the number of masks.
     block = 4 * BLOCK_WORDS
     assert finishing["peak"] < model + 6 * block, (finishing["peak"] - model) / block
+
+
+def test_a_round_whose_sample_cannot_meet_the_threshold_is_refused() -> None:
+    agg = aggregator(LAYOUT, threshold=4)  # 4 needed; only 3 sampled (too few clients were live)
+    rnd = agg.open_round({})
+    rnd.bind(1, "t", ["a", "b", "c"])
+    assert rnd.failed and "threshold 4" in rnd.failed
+    assert not rnd.hands_task("a") and not rnd.expects("a")
+    with pytest.raises(RoundRefused):
+        rnd.finish()

@@ -37,7 +37,7 @@ from services.common.secagg.crypto import KEY_BYTES, CryptoError, KeyPair, ciphe
 from services.common.secagg.graph import neighbours
 from services.common.secagg.layout import MaskedLayout
 from services.common.secagg.masking import add_masks, pair_seed, pair_sign
-from services.common.secagg.params import RoundParams, default_threshold
+from services.common.secagg.params import ParamsError, RoundParams, default_threshold
 from services.common.secagg.quantize import dequantize
 from services.common.tensors import LayoutError
 from services.server.aggregation.interface import Aggregator, Outcome, RoundAggregation, State
@@ -183,6 +183,10 @@ class SecureRound(RoundAggregation):
                 self.index = {cid: i for i, cid in enumerate(order)}
                 self.round_number, self.task_id = round_number, task_id
                 self.params = self.aggregator.params(len(order))
+                try:
+                    self.params.check()
+                except ParamsError as exc:  # e.g. fewer clients sampled than the threshold needs
+                    self._fail(str(exc))
             return self.params
 
     def neighbours_of(self, i: int) -> frozenset[int]:
