@@ -56,13 +56,13 @@ def round_params(version: int, clients: int, threshold: int, neighbours_k: int, 
 
 class SecureClientRound:
     def __init__(self, params: RoundParams, round_number: int, task_id: str,
-                 rng: np.random.Generator | None = None) -> None:
+                 rounding_seed: bytes | None = None) -> None:
         self.params = params
         self.round_number, self.task_id = round_number, task_id
         self.context = round_context(round_number, task_id)
         self.cipher_key, self.mask_key = KeyPair(), KeyPair()
         self.self_seed = os.urandom(KEY_BYTES)
-        self.rng = rng or np.random.default_rng()
+        self.rounding_seed = rounding_seed  # None: fresh randomness for the stochastic rounding
         self.index = -1
         self.peers: dict[int, Peer] = {}
         self.held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (self-mask share, mask-key share)
@@ -123,7 +123,7 @@ class SecureClientRound:
     # phase 3
     def masked_input(self, update: Sequence[np.ndarray], weight: float) -> np.ndarray:
         """The quantized update plus the self mask plus the pairwise masks, mod 2^bits."""
-        words = quantize(update, weight, self.params, self.rng)
+        words = quantize(update, weight, self.params, self.rounding_seed)
         masks = [(self.self_seed, 1)]
         try:
             masks += [(pair_seed(self.mask_key, self.peers[j].mask, self.context), pair_sign(self.index, j))

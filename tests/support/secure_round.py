@@ -57,7 +57,8 @@ def play(agg: SecureAggregator, results: Mapping[str, tuple[list[np.ndarray], fl
     inputs_done = threading.Barrier(len(results) + 1, timeout=WAIT)
 
     def client(cid: str, update: list[np.ndarray], weight: float, k: int) -> None:
-        me = SecureClientRound(params, 1, "task-1", rng=np.random.default_rng(seed + k))
+        rounding = bytes([seed + k]) * 32
+        me = SecureClientRound(params, 1, "task-1", rounding_seed=rounding)
         played.rounds[cid] = me
         passed = False
         try:
@@ -73,7 +74,7 @@ def play(agg: SecureAggregator, results: Mapping[str, tuple[list[np.ndarray], fl
             words = me.masked_input(update, weight)
             from services.common.secagg.quantize import quantize
 
-            played.quantized[cid] = quantize(update, weight, params, np.random.default_rng(seed + k))
+            played.quantized[cid] = quantize(update, weight, params, rounding)
             if tamper is not None:
                 words = tamper(cid, words)
             played.inputs[cid] = words.copy()

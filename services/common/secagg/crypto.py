@@ -103,6 +103,23 @@ def mask_blocks(seed: bytes, words: int, block_words: int = BLOCK_WORDS) -> Iter
         done += n
 
 
+class Keystream:
+    """Uniform uint32 words from a seed (AES-256-CTR), read in pieces of any size: the client's
+    stochastic-rounding randomness (about 20x faster than numpy's generator)."""
+
+    def __init__(self, seed: bytes, block_words: int = BLOCK_WORDS) -> None:
+        if len(seed) != KEY_BYTES:
+            raise CryptoError(f"a keystream seed is {KEY_BYTES} bytes, got {len(seed)}")
+        self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+        self._zeros = bytes(4 * block_words)
+        self._out = bytearray(4 * block_words)
+
+    def read(self, words: int) -> np.ndarray:
+        """The next ``words`` words (at most ``block_words``; a view valid until the next read)."""
+        self._encryptor.update_into(self._zeros[: 4 * words], self._out)
+        return np.frombuffer(self._out, np.uint32, count=words)
+
+
 def mask(seed: bytes, words: int) -> np.ndarray:
     """The whole mask (tests and small vectors; the protocol streams :func:`mask_blocks`)."""
     return np.concatenate(list(np.copy(b) for b in mask_blocks(seed, words))) if words else np.zeros(0, np.uint32)

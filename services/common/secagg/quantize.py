@@ -7,11 +7,12 @@ quotient is the weighted mean (``mean``'s), within 1 / S."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from services.common.secagg.crypto import BLOCK_WORDS
+from services.common.secagg.crypto import BLOCK_WORDS, Keystream
 from services.common.secagg.params import RoundParams
 
 
@@ -21,42 +22,64 @@ def integer_weight(weight: float, params: RoundParams) -> int:
 
 
 def quantize(update: Sequence[np.ndarray], weight: float, params: RoundParams,
-             rng: np.random.Generator) -> np.ndarray:
-    """The client's input, unmasked: uint32 words, each < 2^bits."""
+             rounding_seed: bytes | None = None) -> np.ndarray:
+    """The client's input, unmasked: uint32 words, each < 2^bits. A block at a time, in float64
+    (exact for every integer it rounds to): v = floor(clip(x) S + u), u uniform in [0, 1) (32-bit
+    uniforms from an AES keystream, fresh unless ``rounding_seed`` is given), which is x S rounded
+    up with the probability of its fraction (stochastic rounding, unbiased)."""
+    randomness = Keystream(rounding_seed or os.urandom(32))
     flat = [np.asarray(u).reshape(-1) for u in update]
     size = sum(f.size for f in flat)
     out = np.empty(size + 1, np.uint32)
     w = integer_weight(weight, params)
     s, c = params.scale, params.clip
+    y = np.empty(min(BLOCK_WORDS, max(size, 1)), np.float64)
+    u = np.empty_like(y)
+    v = np.empty(y.size, np.int64)
     pos = 0
     for f in flat:
         for start in range(0, f.size, BLOCK_WORDS):
-            y = np.clip(f[start : start + BLOCK_WORDS].astype(np.float64), -c, c) * s
-            v = np.floor(y)
-            v += rng.random(y.size) < (y - v)
-            out[pos : pos + y.size] = (v.astype(np.int64) * w).astype(np.uint32)
-            pos += y.size
+            n = min(BLOCK_WORDS, f.size - start)
+            yb, ub, vb = y[:n], u[:n], v[:n]
+            np.multiply(f[start : start + n], s, out=yb)
+            np.clip(yb, -c * s, c * s, out=yb)
+            np.multiply(randomness.read(n), 2.0**-32, out=ub)
+            np.add(yb, ub, out=yb)
+            np.floor(yb, out=yb)
+            vb[...] = yb
+            vb *= w
+            out[pos : pos + n] = vb  # mod 2^32 (two's complement)
+            pos += n
     out[-1] = w
-    out &= np.uint32(params.modulus_mask)
+    if params.bits < 32:
+        out &= np.uint32(params.modulus_mask)
     return out
 
 
 def dequantize(total: np.ndarray, shapes: Sequence[tuple[int, ...]], params: RoundParams) -> tuple[list[np.ndarray], int]:
     """The unmasked sum into the weighted mean update (float32 arrays of ``shapes``) and the sum
-    of the integer weights."""
-    half, modulus = 1 << (params.bits - 1), 1 << params.bits
+    of the integer weights. Words are read as signed bits-bit integers (sign-extended to int32)."""
     weight_sum = int(total[-1]) & params.modulus_mask
-    if not 0 < weight_sum < half:
+    if not 0 < weight_sum < 1 << (params.bits - 1):
         raise ValueError(f"the unmasked weight sum {weight_sum} is out of range: the masks did not cancel")
-    divisor = params.scale * weight_sum
+    inverse = 1.0 / (params.scale * weight_sum)
+    shift = np.uint32(32 - params.bits)
+    signed = np.empty(min(BLOCK_WORDS, max(total.size, 1)), np.int32)
+    scaled = np.empty(signed.size, np.float64)
     out, pos = [], 0
     for shape in shapes:
         part = np.empty(shape, np.float32)
         flat = part.reshape(-1)
         for start in range(0, flat.size, BLOCK_WORDS):
-            words = total[pos + start : pos + min(start + BLOCK_WORDS, flat.size)].astype(np.int64) & params.modulus_mask
-            words[words >= half] -= modulus
-            flat[start : start + words.size] = words / divisor
+            n = min(BLOCK_WORDS, flat.size - start)
+            words, sb = total[pos + start : pos + start + n], signed[:n]
+            if shift:
+                np.left_shift(words, shift, out=sb.view(np.uint32))
+                np.right_shift(sb, shift.astype(np.int32), out=sb)  # arithmetic: sign-extends
+            else:
+                sb[...] = words.view(np.int32)
+            np.multiply(sb, inverse, out=scaled[:n])
+            flat[start : start + n] = scaled[:n]
         pos += flat.size
         out.append(part)
     return out, weight_sum
