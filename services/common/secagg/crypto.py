@@ -87,19 +87,13 @@ def decrypt(key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
 
 def mask_blocks(seed: bytes, words: int, block_words: int = BLOCK_WORDS) -> Iterator[np.ndarray]:
     """The mask a seed expands to (AES-256-CTR keystream, nonce 0: each seed is used once), as
-    uint32 blocks of ``block_words`` words (the last one shorter). Each block is a fresh buffer
-    reused for the next one: consume it before advancing."""
-    if len(seed) != KEY_BYTES:
-        raise CryptoError(f"a mask seed is {KEY_BYTES} bytes, got {len(seed)}")
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    size = min(block_words, words)
-    zeros = bytes(4 * size)
-    out = bytearray(4 * size)
+    uint32 blocks of ``block_words`` words (the last one shorter). Each block is a view of one
+    buffer reused for the next one: consume it before advancing."""
+    stream = Keystream(seed, min(block_words, max(words, 1)))
     done = 0
     while done < words:
-        n = min(size, words - done)
-        encryptor.update_into(zeros[: 4 * n], out)
-        yield np.frombuffer(out, np.uint32, count=n)
+        n = min(block_words, words - done)
+        yield stream.read(n)
         done += n
 
 
@@ -111,13 +105,17 @@ class Keystream:
         if len(seed) != KEY_BYTES:
             raise CryptoError(f"a keystream seed is {KEY_BYTES} bytes, got {len(seed)}")
         self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-        self._zeros = bytes(4 * block_words)
+        self._zeros = bytes(4 * block_words)  # block_words 0: only read_into, with the caller's buffers
         self._out = bytearray(4 * block_words)
 
     def read(self, words: int) -> np.ndarray:
         """The next ``words`` words (at most ``block_words``; a view valid until the next read)."""
-        self._encryptor.update_into(self._zeros[: 4 * words], self._out)
-        return np.frombuffer(self._out, np.uint32, count=words)
+        return self.read_into(self._zeros[: 4 * words], self._out)
+
+    def read_into(self, zeros: bytes, buffer: bytearray) -> np.ndarray:
+        """The next ``len(zeros) // 4`` words, written into ``buffer`` (a view of it)."""
+        self._encryptor.update_into(zeros, buffer)
+        return np.frombuffer(buffer, np.uint32, count=len(zeros) // 4)
 
 
 def mask(seed: bytes, words: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Adding masks to a vector of uint32 words mod 2^bits, block by block: a client masks its input
 with its self mask and its pairwise masks; the server removes the survivors' self masks and the
-dropped clients' pairwise masks from the running sum the same way (its extra memory is one block
-at a time, never a model-sized buffer per mask)."""
+dropped clients' pairwise masks from the running sum the same way (its extra memory is one block,
+never a model-sized buffer per mask)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.common.secagg.crypto import BLOCK_WORDS, KeyPair, mask_blocks
+from services.common.secagg.crypto import KeyPair, Keystream
+
+FUSED_BLOCK_WORDS = 1 << 16  # 256 KiB: the target's block and a mask's stay in cache together
 
 MASK_PURPOSE = b"pairwise mask"
 SHARE_KEY_PURPOSE = b"share key"
@@ -25,17 +27,19 @@ def pair_seed(mask_key: KeyPair, peer_public: bytes, context: bytes) -> bytes:
 
 
 def add_masks(target: np.ndarray, masks: Sequence[tuple[bytes, int]], modulus_mask: int,
-              block_words: int = BLOCK_WORDS) -> None:
-    """``target += sum(sign * PRG(seed))`` mod 2^bits, in place (``target`` is uint32, 1-D): one mask
-    after the other, each a block at a time, so the extra memory is one block whatever the count."""
+              block_words: int = FUSED_BLOCK_WORDS) -> None:
+    """``target += sum(sign * PRG(seed))`` mod 2^bits, in place (``target`` is uint32, 1-D). Block
+    by block, every mask's next block is generated into one shared buffer and added while the
+    target's block is in the CPU's cache: one pass over the target whatever the number of masks,
+    and the extra memory is one block (plus a cipher context per mask)."""
     if target.dtype != np.uint32 or target.ndim != 1:
         raise TypeError("masks are added to a 1-D uint32 vector")
-    for seed, sign in masks:
-        op = np.add if sign > 0 else np.subtract
-        start = 0
-        for words in mask_blocks(seed, target.size, block_words):
-            block = target[start : start + words.size]
-            op(block, words, out=block)
-            start += words.size
+    streams = [(Keystream(seed, 0), np.add if sign > 0 else np.subtract) for seed, sign in masks]
+    zeros, buffer = bytes(4 * block_words), bytearray(4 * block_words)
+    for start in range(0, target.size, block_words):
+        n = min(block_words, target.size - start)
+        block = target[start : start + n]
+        for stream, op in streams:
+            op(block, stream.read_into(zeros[: 4 * n], buffer), out=block)
     if modulus_mask != 0xFFFFFFFF:
         np.bitwise_and(target, np.uint32(modulus_mask), out=target)
