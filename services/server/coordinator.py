@@ -212,6 +212,7 @@ class Coordinator:
             live = sorted(self._live(), key=lambda cid: (self._clients[cid].silo, self._clients[cid].name))
             count = min(self.clients_per_round, len(live))
             sampled = frozenset(self.rng.choice(live, size=count, replace=False).tolist()) if count else frozenset()
+            self._last = None  # the previous round is finished or dropped: let its aggregation go
             self._task = RoundTask(
                 round_number, secrets.token_hex(8), payload, layout, sampled, self.clock() + self.round_deadline_s,
                 aggregation,
