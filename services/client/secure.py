@@ -24,7 +24,7 @@ from services.common.secagg.crypto import (
     share_ad,
 )
 from services.common.secagg.graph import neighbours
-from services.common.secagg.masking import SHARE_KEY_PURPOSE, add_masks, pair_seed, pair_sign
+from services.common.secagg.masking import SHARE_KEY_PURPOSE, pair_seed, pair_sign
 from services.common.secagg.params import VERSION, ParamsError, RoundParams
 from services.common.secagg.quantize import quantize
 
@@ -122,16 +122,14 @@ class SecureClientRound:
 
     # phase 3
     def masked_input(self, update: Sequence[np.ndarray], weight: float) -> np.ndarray:
-        """The quantized update plus the self mask plus the pairwise masks, mod 2^bits."""
-        words = quantize(update, weight, self.params, self.rounding_seed)
+        """The quantized update plus the self mask plus the pairwise masks, mod 2^bits (one pass)."""
         masks = [(self.self_seed, 1)]
         try:
             masks += [(pair_seed(self.mask_key, self.peers[j].mask, self.context), pair_sign(self.index, j))
                       for j in sorted(self.maskers)]
         except CryptoError as exc:
             raise SecureProtocolError(str(exc)) from None
-        add_masks(words, masks, self.params.modulus_mask)
-        return words
+        return quantize(update, weight, self.params, self.rounding_seed, masks)
 
     # phase 4
     def reveal(self, survivors: Sequence[int], dropped: Sequence[int]) -> tuple[dict[int, bytes], dict[int, bytes]]:

@@ -1,5 +1,5 @@
-"""The masked input's wire layout: ``words`` little-endian uint32 words (the update's coordinates
-in the ClientResult's order, then the weight), named by a fingerprint that binds it to the
+"""The masked input's wire layout: ``words`` little-endian uint32 words (the weight, then the
+update's coordinates in the ClientResult's order), named by a fingerprint that binds it to the
 ClientResult type it comes from, so a client of another model is refused before a byte is read."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ class MaskedLayout:
         self.shapes: Sequence[tuple[int, ...]] = [tuple(leaf.shape) for leaf in update]
         self.words = sum(leaf.nbytes // leaf.dtype.itemsize for leaf in update) + 1
         self.nbytes = 4 * self.words
-        self.fingerprint = f"secagg-v1:{self.words}:{result.fingerprint}"
+        self.fingerprint = f"secagg-v1:weight-first:{self.words}:{result.fingerprint}"
 
     def check_fingerprint(self, fingerprint: str, who: str) -> None:
         if fingerprint != self.fingerprint:

@@ -36,7 +36,7 @@ from services.common.secagg import shamir
 from services.common.secagg.crypto import KEY_BYTES, CryptoError, KeyPair, ciphertext_bytes, round_context
 from services.common.secagg.graph import neighbours
 from services.common.secagg.layout import MaskedLayout
-from services.common.secagg.masking import add_masks, pair_seed, pair_sign
+from services.common.secagg.masking import pair_seed, pair_sign
 from services.common.secagg.params import ParamsError, RoundParams, default_threshold
 from services.common.secagg.quantize import dequantize
 from services.common.tensors import LayoutError
@@ -422,9 +422,8 @@ class SecureRound(RoundAggregation):
             total, self.total = self.total, None
         self.aggregator.slots.drop_buffers()
         assert total is not None
-        add_masks(total, masks, p.modulus_mask)
-        try:
-            update, weight_sum = dequantize(total, self.aggregator.masked.shapes, p)
+        try:  # unmasked and dequantized in one pass over the sum
+            update, weight_sum = dequantize(total, self.aggregator.masked.shapes, p, masks)
         except ValueError as exc:
             raise RoundRefused(str(exc)) from None
         return Outcome(update, {}, {"weight_sum": float(weight_sum), "secure_inputs": float(len(u3)),
