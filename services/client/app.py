@@ -3,12 +3,15 @@ the server says training is done (exit 0)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections.abc import Callable
 
 import grpc
 
+from services.client import secure_exchange
+from services.client.secure import SecureProtocolError
 from services.client.session import Joined, Session
 from services.client.trainer import ClientTrainer, ClientUpdate
 from services.common.config import FederationConfig
@@ -58,16 +61,25 @@ class FederationClient:
                 return
             if header.kind != pb.TaskHeader.TRAIN:
                 continue
-            trained = trainer.train(header.layout, weights)
-            del weights  # the model buffer: free it before the upload
             try:
-                self.session.submit(joined.client_id, header, trained, trainer.result_layout.fingerprint)
+                if header.HasField("secure"):  # masked, with the key phases around it
+                    trained = secure_exchange.take_part(self.session, joined.client_id, header,
+                                                        trainer.result_layout,
+                                                        functools.partial(trainer.train, header.layout, weights))
+                else:
+                    trained = trainer.train(header.layout, weights)
+                    del weights  # the model buffer: free it before the upload
+                    self.session.submit(joined.client_id, header, trained, trainer.result_layout.fingerprint)
                 self.rounds_trained += 1
                 log.info("result sent", extra=fields(round=header.round, **trained.metrics))
+            except SecureProtocolError as exc:
+                log.warning("secure round abandoned: the server broke the protocol",
+                            extra=fields(round=header.round, why=str(exc)))
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.NOT_FOUND:
                     joined, trainer = self._rejoin(joined, trainer)
-                elif err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+                elif err.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS) \
+                        or header.HasField("secure"):  # a secure phase is not retried: the round goes on without it
                     log.warning("result not used", extra=fields(round=header.round, why=err.details()))
                 else:
                     raise

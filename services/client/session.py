@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.common.chunking import assemble, data_messages, data_of, payload_nbytes, serialize_chunk
+from services.common.chunking import Buffer, assemble, data_messages, data_of, payload_nbytes, serialize_chunk
 from services.common.config import FederationConfig
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
@@ -159,14 +159,31 @@ class Session:
         assert isinstance(result, tuple)
         return result
 
+    def secure(self, request: pb.SecureRequest, timeout: float) -> pb.SecureReply:
+        """One secure-aggregation phase. Not retried: a phase is sent once (a resend is refused
+        as a replay); a failure ends this client's part in the round."""
+        if self.stopping:
+            raise Stopped("secure aggregation")
+        try:
+            reply = self.stub.SecureAggregation(request, metadata=self.metadata, timeout=timeout)
+        except ValueError:  # the channel was closed by stop()
+            raise Stopped("secure aggregation") from None
+        self.on_reachable(True)
+        return reply
+
     def submit(self, client_id: str, header: pb.TaskHeader, trained: Trained, layout: str) -> pb.SubmitReply:
-        result = trained.result
+        return self.submit_payload(client_id, header, trained.result, layout, trained.weight, trained.metrics)
+
+    def submit_payload(self, client_id: str, header: pb.TaskHeader, result: Buffer | Sequence[Buffer], layout: str,
+                       weight: float,
+                       metrics: dict[str, float]) -> pb.SubmitReply:
+        """Stream a result payload (its wire layout's bytes, one buffer or several) for ``header``'s task."""
 
         def messages() -> Iterator[pb.ResultChunk | bytes]:
             yield pb.ResultChunk(header=pb.ResultHeader(
                 client_id=client_id, task_id=header.task_id, round=header.round,
                 payload_bytes=payload_nbytes(result),
-                layout=layout, metrics=trained.metrics, update_weight=trained.weight))
+                layout=layout, metrics=metrics, update_weight=weight))
             yield from data_messages(result, self.cfg.server.chunk_bytes)
 
         reply = self.retrying(lambda: self._submit(messages(), metadata=self.metadata, timeout=SUBMIT_TIMEOUT_S),

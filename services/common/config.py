@@ -80,6 +80,33 @@ class ServerSettings(_Strict):
         return self
 
 
+class SecureSettings(_Strict):
+    """``training.aggregator: secure``: pairwise-masked secure aggregation (docs/secure-aggregation.md)."""
+
+    threshold: int | None = Field(
+        None, ge=2, description="t: shares needed to rebuild a client's mask secrets, and clients that must "
+        "survive for a round to complete (default: a strict majority of a neighbourhood, see neighbours).",
+    )
+    neighbours: int = Field(
+        16, ge=2, le=1024, description="k: each client masks with and shares among k neighbours (SecAgg+); "
+        "rounds of <= k + 1 clients use the complete graph. Even.",
+    )
+    bits: int = Field(32, ge=16, le=32, description="Masked inputs are integers mod 2^bits.")
+    clip: float = Field(2.0, gt=0, description="Each coordinate of an update is clipped to [-clip, clip].")
+    max_weight: int = Field(
+        4096, ge=1, description="A client's weight (its example count) is rounded to an integer and capped here.",
+    )
+    phase_timeout_s: float = Field(
+        30.0, gt=0, description="How long each key phase and the unmasking wait for slow or dropped clients.",
+    )
+
+    @model_validator(mode="after")
+    def _even(self) -> SecureSettings:
+        if self.neighbours % 2:
+            raise ValueError(f"neighbours ({self.neighbours}) must be even: set training.secure.neighbours")
+        return self
+
+
 class TrainingSettings(_Strict):
     rounds: int = Field(10, ge=1, le=1_000_000, description="Federated rounds to run.")
     min_clients: int = Field(2, ge=1, description="Joined clients needed before a round starts.")
@@ -93,7 +120,8 @@ class TrainingSettings(_Strict):
     client_learning_rate: float = Field(0.1, gt=0, description="Client SGD learning rate.")
     server_optimizer: Literal["sgd", "adam"] = "sgd"
     server_learning_rate: float = Field(1.0, gt=0, description="Server optimizer learning rate.")
-    aggregator: Literal["mean", "robust", "dp"] = "mean"
+    aggregator: Literal["mean", "robust", "dp", "secure"] = "mean"
+    secure: SecureSettings = SecureSettings()
     dp_noise_multiplier: float = Field(0.1, ge=0, description="Noise multiplier for the dp aggregator.")
     dp_clip: float | None = Field(
         None, gt=0, description="dp aggregator: a fixed L2 clip for each client's update (TFF's gaussian_fixed); "
@@ -123,6 +151,8 @@ class TrainingSettings(_Strict):
                 f"min_results ({self.min_results}) must be <= clients_per_round "
                 f"({self.clients_per_round}): lower training.min_results"
             )
+        if self.aggregator == "secure":
+            _check_secure(self)
         nm = self.dp_noise_multiplier
         if self.aggregator == "dp" and self.dp_clip is None and nm > 0 and nm >= 0.1 * self.clients_per_round:
             # TFF's adaptive clipping noises the clipped count with 0.05 x clients_per_round (tff.learning.dp_aggregator)
@@ -131,6 +161,20 @@ class TrainingSettings(_Strict):
                 "training.clients_per_round, lower training.dp_noise_multiplier or set a fixed training.dp_clip"
             )
         return self
+
+
+def _check_secure(training: TrainingSettings) -> None:
+    from services.common.secagg.params import ParamsError, RoundParams, default_threshold
+
+    n, sec = training.clients_per_round, training.secure
+    if n < 2:
+        raise ValueError(f"the secure aggregator needs clients_per_round >= 2, got {n}: with one client the sum "
+                         "is its update; raise training.clients_per_round")
+    t = sec.threshold or default_threshold(n, sec.neighbours)
+    try:
+        RoundParams(n, t, sec.neighbours, sec.bits, sec.clip, sec.max_weight).check()
+    except ParamsError as exc:
+        raise ValueError(f"training.secure: {exc}") from None
 
 
 class ModelSettings(_Strict):

@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="model init, sampling and partition seed (default 0)")
     p.add_argument("--partition", choices=["iid", "dirichlet"], help="how the digits are split across clients")
     p.add_argument("--alpha", type=float, help="Dirichlet alpha for --partition dirichlet")
-    p.add_argument("--aggregator", choices=["mean", "robust", "dp"], help="server aggregator")
+    p.add_argument("--aggregator", choices=["mean", "robust", "dp", "secure"], help="server aggregator")
     p.add_argument("--config", help="a federation YAML to start from (services/common/config.py)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set training.local_epochs=2 (repeatable)")

@@ -90,6 +90,7 @@ class Coordinator:
         self._by_name: dict[str, str] = {}
         self._assignments: dict[str, int] = dict(assignments or {})
         self._task: RoundTask | None = None
+        self._last: RoundTask | None = None  # the round that closed last
         self._done = False
         self._stopped = False
 
@@ -128,7 +129,8 @@ class Coordinator:
                     self._cv.notify_all()
                     return (TaskKind.DONE if self._done else TaskKind.WAIT), None
                 task = self._task
-                if task and client_id in task.sampled and client_id not in task.results:
+                if task and client_id in task.sampled and client_id not in task.results \
+                        and task.aggregation.hands_task(client_id):
                     if self.clock() < task.deadline:
                         record.busy_round = task.round
                         return TaskKind.TRAIN, task
@@ -147,6 +149,18 @@ class Coordinator:
                 raise Reject("duplicate", f"a result for round {round_number} from this client is already streaming in")
             task.uploading.add(client_id)
             return task
+
+    def round_of(self, client_id: str, task_id: str, round_number: int) -> RoundTask:
+        """The open round, or the one that closed last (a secure round's unmasking outlives its
+        collection), that this known client was sampled for: the secure phases' round."""
+        with self._cv:
+            self._known(client_id).last_seen = self.clock()
+            for task in (self._task, self._last):
+                if task is not None and task.task_id == task_id and task.round == round_number:
+                    if client_id not in task.sampled:
+                        raise Reject("not_sampled", f"client was not sampled for round {round_number}")
+                    return task
+            raise Reject("stale", f"round {round_number} task {task_id[:32]!r} is not open (stale or replayed)")
 
     def end_upload(self, task: RoundTask, client_id: str) -> None:
         with self._cv:
@@ -198,6 +212,7 @@ class Coordinator:
             live = sorted(self._live(), key=lambda cid: (self._clients[cid].silo, self._clients[cid].name))
             count = min(self.clients_per_round, len(live))
             sampled = frozenset(self.rng.choice(live, size=count, replace=False).tolist()) if count else frozenset()
+            self._last = None  # the previous round is finished or dropped: let its aggregation go
             self._task = RoundTask(
                 round_number, secrets.token_hex(8), payload, layout, sampled, self.clock() + self.round_deadline_s,
                 aggregation,
@@ -210,9 +225,9 @@ class Coordinator:
         the round (late results are refused as stale; its aggregation takes no more) and return
         the metrics of what arrived."""
         with self._cv:
-            while not self._stopped and len(task.results) < len(task.sampled) and self.clock() < task.deadline:
+            while not self._stopped and self._awaited(task) and self.clock() < task.deadline:
                 self.clock.wait(self._cv, min(1.0, task.remaining(self.clock())))
-            self._task = None
+            self._task, self._last = None, task
             task.aggregation.close()
             for cid in task.sampled:
                 if cid in self._clients and self._clients[cid].busy_round == task.round:
@@ -266,6 +281,11 @@ class Coordinator:
         if client_id in task.results:
             raise Reject("duplicate", f"a result for round {round_number} was already accepted from this client")
         return task
+
+    @staticmethod
+    def _awaited(task: RoundTask) -> bool:
+        """Whether a sampled client may still send a result (its aggregation may rule it out)."""
+        return any(cid not in task.results and task.aggregation.expects(cid) for cid in task.sampled)
 
     def _is_live(self, record: ClientRecord) -> bool:
         return bool(record.busy_round) or self.clock() - record.last_seen <= self.liveness_s

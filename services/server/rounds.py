@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from services.common.config import TrainingSettings
 from services.common.logs import fields
-from services.server.aggregation import Aggregator, Outcome
+from services.server.aggregation import Aggregator, Outcome, RoundRefused
 from services.server.clock import Clock
 from services.server.coordinator import Coordinator, Metrics
 from services.server.state import ServerState
@@ -113,7 +113,12 @@ class RoundRunner:
         # three models at once, and the server's memory bound counts on nothing else.
         self.store.flush()
         writer_wait_s = self.clock() - collected
-        outcome = aggregation.finish()
+        try:
+            outcome = aggregation.finish()
+        except RoundRefused as exc:
+            self.telemetry.round_retried()
+            log.warning("round retried: its aggregate cannot be finished", extra=fields(round=round_number, why=str(exc)))
+            return True
         self.state = self.apply(self.state, outcome)
         aggregated = self.clock()
         seconds = round(aggregated - started, 4)

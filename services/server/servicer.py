@@ -20,6 +20,7 @@ from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
 from services.common.tensors import Layout, LayoutError
+from services.server import secure_phases
 from services.server.aggregation import RoundClosed, Upload
 from services.server.broadcast import Broadcast
 from services.server.coordinator import Coordinator, Reject, RoundTask, TaskKind
@@ -36,6 +37,7 @@ STATUS = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "out_of_order": grpc.StatusCode.FAILED_PRECONDITION,  # a secure phase before its turn
 }
 MAX_METRICS = 32
 MAX_METRIC_NAME = 64
@@ -84,6 +86,9 @@ def add_to_server(servicer: FederationServicer, server: grpc.Server) -> None:
         "SubmitResult": grpc.stream_unary_rpc_method_handler(
             servicer.SubmitResult, request_deserializer=_lenient_chunk(pb.ResultChunk),
             response_serializer=pb.SubmitReply.SerializeToString),
+        "SecureAggregation": grpc.unary_unary_rpc_method_handler(
+            servicer.SecureAggregation, request_deserializer=_lenient(pb.SecureRequest),
+            response_serializer=pb.SecureReply.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
@@ -167,10 +172,21 @@ class FederationServicer(pb_grpc.FederationServicer):
                 payload_bytes=payload_bytes,
                 layout=task.layout,
                 deadline_s=task.remaining(self.coordinator.clock()),
+                **secure_phases.header_fields(task),
             )
         )
         yield from broadcast.messages()
         self.telemetry.add_bytes(sent=payload_bytes)
+
+    # ---- secure aggregation's key phases and unmasking (services/server/secure_phases.py) -------
+    def SecureAggregation(self, request: pb.SecureRequest, context: grpc.ServicerContext) -> pb.SecureReply:  # noqa: N802
+        if isinstance(request, Malformed):
+            self._abort(context, "invalid", request.error)
+        self._silo(context, request.client_id)
+        try:
+            return secure_phases.handle(self.coordinator, request, context.time_remaining())
+        except Reject as exc:
+            self._abort(context, exc.reason, str(exc))
 
     def _broadcast_of(self, task: RoundTask) -> Broadcast:
         """The round's chunk messages, shared by its sampled clients' streams."""
@@ -193,9 +209,10 @@ class FederationServicer(pb_grpc.FederationServicer):
                 # The weight the server took, for the per-silo rows (it overrides a metric of that name).
                 metrics = {**_validate_metrics(h.metrics), "update_weight": float(h.update_weight)}
                 check_size(h.payload_bytes, self.max_payload_bytes)
-                self.result_layout.check_fingerprint(h.layout, "this result")
-                if h.payload_bytes != self.result_layout.nbytes:
-                    raise LayoutError(f"expected {self.result_layout.nbytes} bytes for this model, "
+                expected = task.aggregation.result_layout  # the masked layout in a secure round
+                expected.check_fingerprint(h.layout, "this result")
+                if h.payload_bytes != expected.nbytes:
+                    raise LayoutError(f"expected {expected.nbytes} bytes for this model, "
                                       f"the header announces {h.payload_bytes}")
                 _validate_weight(h.update_weight)
                 # A stalled or slow upload must not outlive its round: cancel it at the deadline.

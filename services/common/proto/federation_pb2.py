@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&services/common/proto/federation.proto\x12\ntff_k8s.v1\"\x1b\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0bshard_index\x18\x02 \x01(\x05\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\" \n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xe5\x01\n\nTaskHeader\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.tff_k8s.v1.TaskHeader.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06layout\x18\x07 \x01(\t\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04\x44ONE\x10\x03J\x04\x08\x05\x10\x06R\x0epayload_sha256\"M\n\tTaskChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.tff_k8s.v1.TaskHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xfd\x01\n\x0cResultHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06layout\x18\x07 \x01(\t\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.tff_k8s.v1.ResultHeader.MetricsEntry\x12\x15\n\rupdate_weight\x18\x08 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x05\x10\x06R\x0epayload_sha256\"Q\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.tff_k8s.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\xc5\x01\n\nFederation\x12\x36\n\x04Join\x12\x17.tff_k8s.v1.JoinRequest\x1a\x15.tff_k8s.v1.JoinReply\x12;\n\x07GetTask\x12\x17.tff_k8s.v1.TaskRequest\x1a\x15.tff_k8s.v1.TaskChunk0\x01\x12\x42\n\x0cSubmitResult\x12\x17.tff_k8s.v1.ResultChunk\x1a\x17.tff_k8s.v1.SubmitReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&services/common/proto/federation.proto\x12\ntff_k8s.v1\"\x1b\n\x0bJoinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\tJoinReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0bshard_index\x18\x02 \x01(\x05\x12\x12\n\nnum_shards\x18\x03 \x01(\x05\" \n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\x8f\x02\n\nTaskHeader\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.tff_k8s.v1.TaskHeader.Kind\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06layout\x18\x07 \x01(\t\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12(\n\x06secure\x18\x08 \x01(\x0b\x32\x18.tff_k8s.v1.SecureParams\";\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04\x44ONE\x10\x03J\x04\x08\x05\x10\x06R\x0epayload_sha256\"\xa0\x01\n\x0cSecureParams\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0f\n\x07\x63lients\x18\x02 \x01(\r\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x12\n\nneighbours\x18\x04 \x01(\r\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x0c\n\x04\x63lip\x18\x06 \x01(\x01\x12\x12\n\nmax_weight\x18\x07 \x01(\r\x12\x17\n\x0fphase_timeout_s\x18\x08 \x01(\x01\"\xfc\x01\n\rSecureRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12.\n\tadvertise\x18\x04 \x01(\x0b\x32\x19.tff_k8s.v1.AdvertiseKeysH\x00\x12&\n\x05share\x18\x05 \x01(\x0b\x32\x15.tff_k8s.v1.ShareKeysH\x00\x12+\n\x06unmask\x18\x06 \x01(\x0b\x32\x19.tff_k8s.v1.UnmaskRequestH\x00\x12*\n\x06reveal\x18\x07 \x01(\x0b\x32\x18.tff_k8s.v1.RevealSharesH\x00\x42\x07\n\x05phase\"\xa9\x01\n\x0bSecureReply\x12$\n\x06roster\x18\x01 \x01(\x0b\x32\x12.tff_k8s.v1.RosterH\x00\x12,\n\x07relayed\x18\x02 \x01(\x0b\x32\x19.tff_k8s.v1.RelayedSharesH\x00\x12)\n\x06unmask\x18\x03 \x01(\x0b\x32\x17.tff_k8s.v1.UnmaskReplyH\x00\x12\x12\n\x08revealed\x18\x04 \x01(\x08H\x00\x42\x07\n\x05phase\"5\n\rAdvertiseKeys\x12\x12\n\ncipher_key\x18\x01 \x01(\x0c\x12\x10\n\x08mask_key\x18\x02 \x01(\x0c\"?\n\x08PeerKeys\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\ncipher_key\x18\x02 \x01(\x0c\x12\x10\n\x08mask_key\x18\x03 \x01(\x0c\"A\n\x06Roster\x12\r\n\x05index\x18\x01 \x01(\r\x12(\n\nneighbours\x18\x02 \x03(\x0b\x32\x14.tff_k8s.v1.PeerKeys\"2\n\x0e\x45ncryptedShare\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"7\n\tShareKeys\x12*\n\x06shares\x18\x01 \x03(\x0b\x32\x1a.tff_k8s.v1.EncryptedShare\";\n\rRelayedShares\x12*\n\x06shares\x18\x01 \x03(\x0b\x32\x1a.tff_k8s.v1.EncryptedShare\"\x0f\n\rUnmaskRequest\"1\n\x0bUnmaskReply\x12\x11\n\tsurvivors\x18\x01 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\r\"%\n\x05Share\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05share\x18\x02 \x01(\x0c\"Y\n\x0cRevealShares\x12$\n\tself_mask\x18\x01 \x03(\x0b\x32\x11.tff_k8s.v1.Share\x12#\n\x08mask_key\x18\x02 \x03(\x0b\x32\x11.tff_k8s.v1.Share\"M\n\tTaskChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.tff_k8s.v1.TaskHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xfd\x01\n\x0cResultHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06layout\x18\x07 \x01(\t\x12\x36\n\x07metrics\x18\x06 \x03(\x0b\x32%.tff_k8s.v1.ResultHeader.MetricsEntry\x12\x15\n\rupdate_weight\x18\x08 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x05\x10\x06R\x0epayload_sha256\"Q\n\x0bResultChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.tff_k8s.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t2\x8e\x02\n\nFederation\x12\x36\n\x04Join\x12\x17.tff_k8s.v1.JoinRequest\x1a\x15.tff_k8s.v1.JoinReply\x12;\n\x07GetTask\x12\x17.tff_k8s.v1.TaskRequest\x1a\x15.tff_k8s.v1.TaskChunk0\x01\x12\x42\n\x0cSubmitResult\x12\x17.tff_k8s.v1.ResultChunk\x1a\x17.tff_k8s.v1.SubmitReply(\x01\x12G\n\x11SecureAggregation\x12\x19.tff_k8s.v1.SecureRequest\x1a\x17.tff_k8s.v1.SecureReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -30,19 +30,45 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_TASKREQUEST']._serialized_start=156
   _globals['_TASKREQUEST']._serialized_end=188
   _globals['_TASKHEADER']._serialized_start=191
-  _globals['_TASKHEADER']._serialized_end=420
-  _globals['_TASKHEADER_KIND']._serialized_start=339
-  _globals['_TASKHEADER_KIND']._serialized_end=398
-  _globals['_TASKCHUNK']._serialized_start=422
-  _globals['_TASKCHUNK']._serialized_end=499
-  _globals['_RESULTHEADER']._serialized_start=502
-  _globals['_RESULTHEADER']._serialized_end=755
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=687
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=733
-  _globals['_RESULTCHUNK']._serialized_start=757
-  _globals['_RESULTCHUNK']._serialized_end=838
-  _globals['_SUBMITREPLY']._serialized_start=840
-  _globals['_SUBMITREPLY']._serialized_end=887
-  _globals['_FEDERATION']._serialized_start=890
-  _globals['_FEDERATION']._serialized_end=1087
+  _globals['_TASKHEADER']._serialized_end=462
+  _globals['_TASKHEADER_KIND']._serialized_start=381
+  _globals['_TASKHEADER_KIND']._serialized_end=440
+  _globals['_SECUREPARAMS']._serialized_start=465
+  _globals['_SECUREPARAMS']._serialized_end=625
+  _globals['_SECUREREQUEST']._serialized_start=628
+  _globals['_SECUREREQUEST']._serialized_end=880
+  _globals['_SECUREREPLY']._serialized_start=883
+  _globals['_SECUREREPLY']._serialized_end=1052
+  _globals['_ADVERTISEKEYS']._serialized_start=1054
+  _globals['_ADVERTISEKEYS']._serialized_end=1107
+  _globals['_PEERKEYS']._serialized_start=1109
+  _globals['_PEERKEYS']._serialized_end=1172
+  _globals['_ROSTER']._serialized_start=1174
+  _globals['_ROSTER']._serialized_end=1239
+  _globals['_ENCRYPTEDSHARE']._serialized_start=1241
+  _globals['_ENCRYPTEDSHARE']._serialized_end=1291
+  _globals['_SHAREKEYS']._serialized_start=1293
+  _globals['_SHAREKEYS']._serialized_end=1348
+  _globals['_RELAYEDSHARES']._serialized_start=1350
+  _globals['_RELAYEDSHARES']._serialized_end=1409
+  _globals['_UNMASKREQUEST']._serialized_start=1411
+  _globals['_UNMASKREQUEST']._serialized_end=1426
+  _globals['_UNMASKREPLY']._serialized_start=1428
+  _globals['_UNMASKREPLY']._serialized_end=1477
+  _globals['_SHARE']._serialized_start=1479
+  _globals['_SHARE']._serialized_end=1516
+  _globals['_REVEALSHARES']._serialized_start=1518
+  _globals['_REVEALSHARES']._serialized_end=1607
+  _globals['_TASKCHUNK']._serialized_start=1609
+  _globals['_TASKCHUNK']._serialized_end=1686
+  _globals['_RESULTHEADER']._serialized_start=1689
+  _globals['_RESULTHEADER']._serialized_end=1942
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1874
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1920
+  _globals['_RESULTCHUNK']._serialized_start=1944
+  _globals['_RESULTCHUNK']._serialized_end=2025
+  _globals['_SUBMITREPLY']._serialized_start=2027
+  _globals['_SUBMITREPLY']._serialized_end=2074
+  _globals['_FEDERATION']._serialized_start=2077
+  _globals['_FEDERATION']._serialized_end=2347
 # @@protoc_insertion_point(module_scope)

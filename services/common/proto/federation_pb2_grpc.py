@@ -29,6 +29,11 @@ class FederationStub(object):
                 request_serializer=services_dot_common_dot_proto_dot_federation__pb2.ResultChunk.SerializeToString,
                 response_deserializer=services_dot_common_dot_proto_dot_federation__pb2.SubmitReply.FromString,
                 )
+        self.SecureAggregation = channel.unary_unary(
+                '/tff_k8s.v1.Federation/SecureAggregation',
+                request_serializer=services_dot_common_dot_proto_dot_federation__pb2.SecureRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_proto_dot_federation__pb2.SecureReply.FromString,
+                )
 
 
 class FederationServicer(object):
@@ -56,6 +61,15 @@ class FederationServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecureAggregation(self, request, context):
+        """Secure aggregation (a TRAIN task whose header carries SecureParams): the key phases and the
+        unmasking, one unary call per phase, in order (docs/secure-aggregation.md). The masked input
+        itself goes through SubmitResult, laid out as uint32 words.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +87,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SubmitResult,
                     request_deserializer=services_dot_common_dot_proto_dot_federation__pb2.ResultChunk.FromString,
                     response_serializer=services_dot_common_dot_proto_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'SecureAggregation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureAggregation,
+                    request_deserializer=services_dot_common_dot_proto_dot_federation__pb2.SecureRequest.FromString,
+                    response_serializer=services_dot_common_dot_proto_dot_federation__pb2.SecureReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,5 +151,22 @@ class Federation(object):
         return grpc.experimental.stream_unary(request_iterator, target, '/tff_k8s.v1.Federation/SubmitResult',
             services_dot_common_dot_proto_dot_federation__pb2.ResultChunk.SerializeToString,
             services_dot_common_dot_proto_dot_federation__pb2.SubmitReply.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SecureAggregation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/tff_k8s.v1.Federation/SecureAggregation',
+            services_dot_common_dot_proto_dot_federation__pb2.SecureRequest.SerializeToString,
+            services_dot_common_dot_proto_dot_federation__pb2.SecureReply.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

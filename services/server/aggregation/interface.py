@@ -23,7 +23,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -116,6 +116,20 @@ class RoundAggregation:
     def count(self) -> int:
         """Results committed."""
         return len(self.contributions)
+
+    # ---- what a protocol with more than one step per result refines (``secure``) ---------------
+    @property
+    def result_layout(self) -> tensors.Layout | Any:
+        """What a result's stream is laid out as (its fingerprint and size)."""
+        return self.aggregator.layout
+
+    def hands_task(self, client: str) -> bool:
+        """Whether a sampled client that (re)polls gets the round's task."""
+        return True
+
+    def expects(self, client: str) -> bool:
+        """Whether a result may still come from this sampled client that has not sent one."""
+        return True
 
     def receive(self, client: str, weight: float, timeout: float) -> Upload:
         """A result's header: wait up to ``timeout`` seconds for an upload slot, then stage it."""

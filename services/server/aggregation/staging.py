@@ -37,6 +37,11 @@ class RoundClosed(RuntimeError):
     """The round closed before this result was complete (or before it could start)."""
 
 
+class RoundRefused(RuntimeError):
+    """The round's aggregate cannot be finished (``secure``: too few survivors to rebuild a secret
+    it needs): nothing of it is applied; the round runner retries the round."""
+
+
 class Slots:
     """The server's upload slots: how many results may be staged at once, across rounds, and the
     staging buffers they keep for reuse (never more than ``count``)."""
