@@ -48,7 +48,8 @@ def weighted_train_metrics(results: dict[str, Metrics]) -> dict[str, float]:
 
 def silo_rows(results: dict[str, Metrics], silos: Mapping[str, str]) -> dict[str, dict[str, float]]:
     """Cross-silo: per silo (``silos``: each client's silo), the round's accepted results, their
-    examples and weight, and the slowest client's seconds. Empty outside cross-silo federations."""
+    examples and weight (not with secure aggregation, which hides it), and the slowest client's
+    seconds. Empty outside cross-silo federations."""
     rows: dict[str, dict[str, float]] = {}
     for cid, m in results.items():
         silo = silos.get(cid, "")
@@ -57,7 +58,10 @@ def silo_rows(results: dict[str, Metrics], silos: Mapping[str, str]) -> dict[str
         row = rows.setdefault(silo, {"clients": 0, "num_examples": 0.0, "weight": 0.0, "seconds_max": 0.0})
         row["clients"] += 1
         row["num_examples"] += m.get("num_examples", 0.0)
-        row["weight"] += m.get("update_weight", 0.0)
+        if "update_weight" in m:  # secure aggregation: the server never sees a result's weight
+            row["weight"] += m["update_weight"]
+        else:
+            row.pop("weight", None)
         row["seconds_max"] = max(row["seconds_max"], m.get("seconds", 0.0))
     return dict(sorted(rows.items()))
 

@@ -206,8 +206,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         try:
             task = self.coordinator.begin_upload(h.client_id, h.task_id, h.round)
             try:
-                # The weight the server took, for the per-silo rows (it overrides a metric of that name).
-                metrics = {**_validate_metrics(h.metrics), "update_weight": float(h.update_weight)}
+                metrics = _validate_metrics(h.metrics)
+                if task.aggregation.aggregator.weights_in_clear:  # the weight taken, for the per-silo rows
+                    metrics["update_weight"] = float(h.update_weight)  # (it overrides a metric of that name)
                 check_size(h.payload_bytes, self.max_payload_bytes)
                 expected = task.aggregation.result_layout  # the masked layout in a secure round
                 expected.check_fingerprint(h.layout, "this result")

@@ -55,10 +55,11 @@ class Telemetry:
         """An applied round's per-silo rows (services/server/rounds.py's silo_rows)."""
         with self._lock:
             for silo, row in rows.items():
-                total = self.silos.setdefault(silo, {"results": 0, "num_examples": 0.0, "weight": 0.0})
+                total = self.silos.setdefault(silo, {"results": 0, "num_examples": 0.0})
                 total["results"] += row["clients"]
                 total["num_examples"] += row["num_examples"]
-                total["weight"] += row["weight"]
+                if "weight" in row:  # not with secure aggregation
+                    total["weight"] = total.get("weight", 0.0) + row["weight"]
                 total["seconds_max"] = row["seconds_max"]
 
     def add_bytes(self, *, received: int = 0, sent: int = 0) -> None:
@@ -106,9 +107,9 @@ class Telemetry:
                 f"tff_k8s_round_duration_seconds_count {self._duration_count}",
             ]
             for metric, key, kind, help_text in SILO_METRICS:
-                if self.silos:
-                    lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
-                lines += [f'{metric}{{silo="{silo}"}} {row.get(key, 0)}' for silo, row in sorted(self.silos.items())]
+                values = [f'{metric}{{silo="{silo}"}} {row[key]}' for silo, row in sorted(self.silos.items()) if key in row]
+                if values:
+                    lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}", *values]
         return "\n".join(lines) + "\n"
 
     def serve(self, host: str, port: int) -> ThreadingHTTPServer:

@@ -36,6 +36,7 @@ from kube import (
 from support.pki import issue_client, make_pki
 
 from infra.clusters import HUB, cluster_manifests
+from infra.mocked import stack_config
 from infra.stack_config import parse
 from services.runner.loopback import free_ports
 
@@ -45,8 +46,9 @@ ACCURACY = 0.90
 START_S = 300
 HUB_NAME = "hub.federation.test"  # the hub's public name: silos resolve it to their side of the "load balancer"
 SILOS = ("silo-a", "silo-b")
-DEADLINE_S = 30
-ROUNDS = 12
+REPLICAS = {"silo-a": 2, "silo-b": 1}
+DEADLINE_S = 20
+ROUNDS = 60
 
 
 @dataclass
@@ -100,8 +102,10 @@ def federation(image: str, tmp_path: Path) -> Iterator[Federation]:
     overrides = stack_overrides("crosssilo", {
         "server": {"resources": small},
         "hub": {"ca": "secrets", "public_address": f"{HUB_NAME}:{public_port}", "silo_cidrs": ["10.89.0.0/16"]},
-        "silos": [{"name": name, "namespace": "tff-silo", "clients": {"replicas": 1, "resources": small},
-                   "identity": {"generate": False}, "hub_cidr": "10.89.0.0/16"} for name in SILOS],
+        # silo-a's two clients alone meet min_clients, so the rounds can go on without silo-b.
+        "silos": [{**silo, "clients": {"replicas": REPLICAS[silo["name"]], "resources": small},
+                   "identity": {"generate": False}, "hub_cidr": "10.89.0.0/16"}
+                  for silo in stack_config("crosssilo")["tff-k8s:deployment"]["silos"]],
     }, {"training": {"rounds": ROUNDS, "min_clients": 2, "clients_per_round": 2, "min_results": 1,
                      "round_deadline_s": DEADLINE_S}})
     secrets = {"tff-k8s:tlsCaCert": pki.ca.read_text(), "tff-k8s:tlsServerCert": pki.server_cert.read_text(),
@@ -111,7 +115,7 @@ def federation(image: str, tmp_path: Path) -> Iterator[Federation]:
                     f"tff-k8s:tlsClientKey-{name}": certs[name][1].read_text()}
     cfg = parse(overrides["tff-k8s:deployment"], overrides["tff-k8s:federation"])
     clusters = cluster_manifests("crosssilo", overrides=overrides, secrets=secrets)
-    assert set(clusters) == {HUB, *SILOS}
+    assert set(clusters) == {HUB, *SILOS}, "the crosssilo stack's silos are silo-a and silo-b"
     clusters["stray"] = _with_client_identity(clusters["silo-b"], certs["stray"][0].read_text(),
                                               certs["stray"][1].read_text())
     fed = cfg.federation
@@ -149,22 +153,30 @@ def test_silos_train_across_clusters_a_stray_is_refused_and_a_dead_silo_does_not
     def both_silos_counted() -> bool:
         return any(set(r.get("silos", {})) == set(SILOS) for r in fed.rows())
 
-    wait_for("a round with both silos' results", both_silos_counted, START_S + 300, fed.hub)
+    wait_for("a round with both silos' results", both_silos_counted, START_S + 300, fed.hub, poll=0.2)
+    # silo-b's clients all die (their pods stopped, as a cluster outage would). Rounds take a fraction of a
+    # second here, so the server is paused meanwhile: the rounds stand still until silo-b is gone.
+    server = fed.hub.containers()[0].name
+    run(["podman", "pause", server], timeout=60)
+    try:
+        run(["podman", "pod", "stop", "-t", "0", *[c.pod for c in fed.silos["silo-b"].containers()]], timeout=120)
+    finally:
+        run(["podman", "unpause", server], timeout=60)
+    stopped_after = len(fed.rows())
+    assert stopped_after <= ROUNDS - 10, f"silo-b stopped after round {stopped_after} of {ROUNDS}: too late to watch"
+
     # The stray silo is refused by the server (not the TLS handshake: the CA signed it) and never counted.
     wait_for("the stray silo refused", lambda: fed.server_metric(
         "tff_k8s_results_rejected_total", '{reason="unauthenticated"}') >= 1, 120, fed.hub)
-    assert all("stray" not in r.get("silos", {}) for r in fed.rows())
     stray_logs = "".join(fed.silos["stray"].logs(c.name, tail=200) for c in fed.silos["stray"].containers())
     assert "UNAUTHENTICATED" in stray_logs, stray_logs[-2000:]
-    assert fed.server_metric("tff_k8s_silo_results_total", '{silo="silo-a"}') >= 1
 
-    # silo-b's clients all die (their pods stopped, as a cluster outage would): rounds go on with silo-a.
-    run(["podman", "pod", "stop", "-t", "0", *[c.pod for c in fed.silos["silo-b"].containers()]], timeout=120)
-    stopped_after = len(fed.rows())
     wait_for("training finished", lambda: len(fed.rows()) >= ROUNDS, 900, fed.hub)
     done = fed.rows()
     assert [r["round"] for r in done] == list(range(1, ROUNDS + 1)), "every round applied once"
-    after = done[stopped_after + 1:]  # the round open at the stop may still hold silo-b's result
+    assert all("stray" not in r.get("silos", {}) for r in done)
+    # The round open at the pause may hold silo-b's result, and the round before it may not be on disk yet.
+    after = done[stopped_after + 2:]
     assert after and all(set(r["silos"]) == {"silo-a"} for r in after), [r.get("silos") for r in after]
     slowest = max(r["seconds"] for r in after)
     assert slowest <= DEADLINE_S + 15, f"a round took {slowest:.1f}s, past the {DEADLINE_S}s deadline"
@@ -176,12 +188,12 @@ def test_silos_train_across_clusters_a_stray_is_refused_and_a_dead_silo_does_not
                   "played the crosssilo stack's hub and silo manifests, each cluster on its own podman network "
                   "reachable only through the hub's published port",
                   "both silos train; per-silo rows; the usual accuracy",
-                  f"{ROUNDS} rounds applied; results per silo {counted}; accuracy {done[-1]['eval_accuracy']:.3f}")
+                  f"{ROUNDS} rounds applied; both silos in the per-silo rows and /metrics; accuracy >= {ACCURACY}")
     faults.record("containers", "cross-silo: a silo whose certificate the CA signed but the stack does not list",
                   "played a third silo with such a certificate beside the two",
                   "UNAUTHENTICATED; the other silos train on",
                   "refused UNAUTHENTICATED on every call, never in a round's rows; training completed")
     faults.record("containers", "cross-silo: every client of one silo dies",
-                  f"stopped all of silo-b's pods after round {stopped_after} (round deadline {DEADLINE_S} s)",
+                  f"stopped all of silo-b's pods mid-training (round deadline {DEADLINE_S} s)",
                   "rounds go on with the other silo, none past the deadline",
-                  f"rounds {stopped_after + 2}..{ROUNDS} with silo-a only; slowest {slowest:.1f} s")
+                  f"every later round applied with silo-a only, each within the deadline; all {ROUNDS} rounds applied")

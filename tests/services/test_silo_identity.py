@@ -167,6 +167,8 @@ def test_each_round_is_counted_per_silo() -> None:
         "silo-b": {"clients": 1, "num_examples": 70.0, "weight": 70.0, "seconds_max": 1.0},
     }
     assert silo_rows(results, {"c1": "", "c2": "", "c3": ""}) == {}  # single-cluster: no rows
+    hidden = {cid: {k: v for k, v in m.items() if k != "update_weight"} for cid, m in results.items()}
+    assert "weight" not in silo_rows(hidden, {"c1": "silo-a", "c2": "silo-a", "c3": "silo-b"})["silo-a"]  # secure
     telemetry = Telemetry()
     telemetry.silo_round(rows)
     telemetry.silo_round({"silo-b": {"clients": 1, "num_examples": 30.0, "weight": 30.0, "seconds_max": 0.5}})
@@ -176,6 +178,10 @@ def test_each_round_is_counted_per_silo() -> None:
     assert 'tff_k8s_silo_examples_total{silo="silo-b"} 100.0' in text
     assert 'tff_k8s_silo_round_seconds{silo="silo-b"} 0.5' in text
     assert "tff_k8s_silo_" not in Telemetry().render()
+    secure = Telemetry()
+    secure.silo_round({"silo-a": {"clients": 2, "num_examples": 150.0, "seconds_max": 3.5}})
+    assert 'tff_k8s_silo_results_total{silo="silo-a"} 2' in secure.render()
+    assert "tff_k8s_silo_weight_total" not in secure.render()
 
 
 def test_silos_load_from_yaml_and_survive_the_configmap_round_trip(tmp_path: Path) -> None:

@@ -61,6 +61,8 @@ class Aggregator(ABC):
     # The factor is the header's weight times something only the whole result tells (``mean``: 1),
     # so the weight is applied to each chunk as it is staged.
     weight_first: ClassVar[bool] = False
+    # The header's update_weight is the result's weight (secure: the real weight travels masked).
+    weights_in_clear: ClassVar[bool] = True
 
     def __init__(self, layout: tensors.Layout, slots: Slots) -> None:
         check_result_layout(layout)

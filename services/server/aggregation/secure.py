@@ -64,6 +64,7 @@ class Keys:
 
 class SecureAggregator(Aggregator):
     name = "secure"
+    weights_in_clear = False
 
     def __init__(self, layout: tensors.Layout, slots: Slots, settings: SecureSettings,
                  clock: Callable[[], float] = time.monotonic) -> None:
