@@ -70,9 +70,13 @@ def test_driver_baselines(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not (FLOWER_VENV / "bin" / "flwr").exists(),
                     reason="bench/.venv-flower missing: run bench/setup_flower.sh")
-def test_driver_flower(tmp_path: Path) -> None:
-    results = _run_driver(tmp_path, "flower")
-    _check(results["records"][0], "flower")
+@pytest.mark.parametrize("system", ["flower", "flower-secagg"])
+def test_driver_flower(tmp_path: Path, system: str) -> None:
+    results = _run_driver(tmp_path, system)
+    _check(results["records"][0], system)
+    if system == "flower-secagg":  # 2 clients: every client is every other's neighbour
+        run = results["runs"][0]
+        assert run["secagg"]["num-shares"] == 2 and len(run["client_mask_s"]) == 2
     _no_leftovers()
 
 
