@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-SYSTEMS = ["ours", "ours-dp", "ours-robust", "flower", "raw_grpc", "tff_sim"]  # table and plot order
-LABELS = {"ours": "ours", "ours-dp": "ours (dp)", "ours-robust": "ours (robust)", "flower": "Flower",
-          "raw_grpc": "raw gRPC", "tff_sim": "TFF simulation"}
+SYSTEMS = ["ours", "ours-dp", "ours-robust", "ours-secure", "flower", "flower-secagg", "raw_grpc",
+           "tff_sim"]  # table and plot order
+LABELS = {"ours": "ours", "ours-dp": "ours (dp)", "ours-robust": "ours (robust)", "ours-secure": "ours (secure)",
+          "flower": "Flower", "flower-secagg": "Flower SecAgg+", "raw_grpc": "raw gRPC",
+          "tff_sim": "TFF simulation"}
+SECURE = ["ours", "ours-secure", "flower", "flower-secagg"]  # the secure-aggregation table's systems
 
 
 def _fmt_s(v: float | None) -> str:
@@ -31,6 +34,19 @@ def _configs(records: list[dict]) -> list[tuple[float, int]]:
 
 def _by_key(records: list[dict]) -> dict[tuple[str, float, int], dict]:
     return {(r["system"], r["size_mb"], r["clients"]): r for r in records}
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "not run"
+    if "error" in r:
+        return "timed out" if "timed out" in r["error"] else "failed"
+    return _fmt_s(r["median_round_s"])
+
+
+def _ratio(a: dict | None, b: dict | None) -> str:
+    ok = a and b and "error" not in a and "error" not in b
+    return f"{a['median_round_s'] / b['median_round_s']:.2f}" if ok else "n/a"  # type: ignore[index]
 
 
 def table(records: list[dict]) -> str:
@@ -59,22 +75,52 @@ def table(records: list[dict]) -> str:
 def ratios(records: list[dict]) -> str:
     index = _by_key(records)
     rows = []
-
-    def ratio(a: dict | None, b: dict | None) -> str:
-        ok = a and b and "error" not in a and "error" not in b
-        return f"{a['median_round_s'] / b['median_round_s']:.2f}" if ok else "n/a"  # type: ignore[index]
-
     for size, clients in _configs(records):
         ours = index.get(("ours", size, clients))
         if not ours or "error" in ours:
             continue
-        cells = [ratio(ours, index.get((other, size, clients))) for other in ("flower", "raw_grpc")]
-        cells += [ratio(index.get((variant, size, clients)), ours) for variant in ("ours-dp", "ours-robust")]
+        cells = [_ratio(ours, index.get((other, size, clients))) for other in ("flower", "raw_grpc")]
+        cells += [_ratio(index.get((variant, size, clients)), ours) for variant in ("ours-dp", "ours-robust")]
         rows.append(f"| {size:g} MiB | {clients} | {' | '.join(cells)} |")
     if not rows:
         return "_No results for `ours` yet, so no ratios._"
     return "\n".join(["| model | clients | ours / Flower | ours / raw gRPC | ours (dp) / ours | ours (robust) / ours |",
                       "|---|---|---|---|---|---|", *rows])
+
+
+def secure_table(records: list[dict]) -> str:
+    """ours (secure) beside ours (mean) and Flower's SecAgg+ beside plain Flower, per configuration."""
+    index = _by_key(records)
+    rows = []
+    for size, clients in _configs(records):
+        r = {s: index.get((s, size, clients)) for s in SECURE}
+        if r["ours-secure"] is None and r["flower-secagg"] is None:
+            continue
+        rss = " / ".join("-" if x is None or "error" in x else f"{x['server_peak_rss_mb']:.0f}" for x in r.values())
+        rows.append(f"| {size:g} MiB | {clients} | {' | '.join(_cell(r[s]) for s in SECURE)} | "
+                    f"{_ratio(r['ours-secure'], r['ours'])} | {_ratio(r['ours-secure'], r['flower-secagg'])} | "
+                    f"{_ratio(r['flower-secagg'], r['flower'])} | {rss} |")
+    if not rows:
+        return ("_No secure-aggregation runs yet: `python bench/run.py --systems "
+                "ours,ours-secure,flower,flower-secagg --sizes 1,25 --clients 4,16`._")
+    return "\n".join([
+        "| model | clients | ours (median round) | ours (secure) | Flower | Flower SecAgg+ | "
+        "ours (secure) / ours | ours (secure) / Flower SecAgg+ | Flower SecAgg+ / Flower | "
+        "server peak RSS MiB: ours / ours (secure) / Flower / Flower SecAgg+ |",
+        "|---|---|---|---|---|---|---|---|---|---|", *rows])
+
+
+def secure_section(records: list[dict]) -> str:
+    return f"""## Secure aggregation
+`ours-secure` is ours with `training.aggregator: secure`; `flower-secagg` is the Flower app
+under Flower's SecAgg+ (`SecAggPlusWorkflow` on the server, `secaggplus_mod` on the ClientApp;
+its parameters are in `bench/runners/flower.py`'s `secagg_params` and in each record's `secagg`).
+A Flower SecAgg+ round is its four protocol stages (setup, share keys, collect masked vectors,
+unmask), each a round trip through the SuperLink. Issue 14's aim: ours (secure) <= 2x ours,
+and ours (secure) / Flower SecAgg+ <= 0.1.
+
+{secure_table(records)}
+"""
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -198,6 +244,7 @@ Python {m['python']}; flwr {m['flwr']} (own venv); tensorflow-federated {m['tens
 
 ![median round time per system]({plot_name})
 
+{secure_section(records)}
 ## Scale (`bench/scale.py`)
 One server, client sessions from 4 simulator processes (`services.client.simulator`), the
 digits MLP, 2 measured rounds. The round time is dominated by the clients' TFF work, which runs in

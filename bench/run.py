@@ -1,11 +1,13 @@
 """Benchmark driver: every system x size x clients x repeat as its own process group.
 
     python bench/run.py --sizes 1,25,100 --clients 4,16 --rounds 5 --repeats 3 \
-        --systems raw_grpc,tff_sim,flower[,ours][,ours-dp,ours-robust]
+        --systems raw_grpc,tff_sim,flower[,ours][,ours-dp,ours-robust][,ours-secure,flower-secagg]
 
 Each run is `python -m bench.runners.<system> ...` in a new session with a timeout; whatever it
 leaves behind is killed with its group (and, since the driver is a child subreaper, any orphan).
-``ours-<aggregator>`` is ours with ``training.aggregator`` set (``ours`` is the default, mean).
+``ours-<aggregator>`` is ours with ``training.aggregator`` set (``ours`` is the default, mean);
+any other ``<runner>-<variant>`` passes ``--variant <variant>`` to its runner (``flower-secagg``:
+Flower's SecAgg+ workflow).
 Results go to bench/results/results.json (--out; per-run files and logs beside it): `machine` (CPU, cores, RAM, versions), `runs` (one
 record per repetition, or an `error`/`unavailable` entry) and `records` (repetitions of one
 configuration merged: all measured rounds pooled, medians recomputed, RSS and bytes maxed).
@@ -63,12 +65,14 @@ def run_one(system: str, size_mb: float, clients: int, rounds: int, repeat: int,
     out.parent.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    module, _, aggregator = system.partition("-")  # ours-dp: ours with training.aggregator=dp
+    module, _, variant = system.partition("-")  # ours-dp: ours with training.aggregator=dp
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if aggregator:
-        env["BENCH_OURS_SET"] = f"{env.get('BENCH_OURS_SET', '')} training.aggregator={aggregator}".strip()
     cmd = [sys.executable, "-m", f"bench.runners.{module}", "--size-mb", str(size_mb),
            "--clients", str(clients), "--rounds", str(rounds), "--out", str(out)]
+    if variant and module == "ours":
+        env["BENCH_OURS_SET"] = f"{env.get('BENCH_OURS_SET', '')} training.aggregator={variant}".strip()
+    elif variant:  # flower-secagg: the runner's own variant
+        cmd += ["--variant", variant]
     base = {"system": system, "size_mb": size_mb, "clients": clients, "repeat": repeat,
             "loadavg_before": os.getloadavg()[0]}  # other work on the machine skews the numbers
     t0 = time.monotonic()

@@ -2,12 +2,16 @@
 
 Interface (what bench/run.py relies on, and what `ours.py` must provide):
 
-    run(size_mb: float, clients: int, rounds: int) -> dict    # a record from `make_record`
+    run(size_mb: float, clients: int, rounds: int[, variant: str]) -> dict    # a `make_record` record
+
+`variant` is what follows the first `-` of the system's name (`flower-secagg`: `secagg`); the
+driver passes it as `--variant` to the runners that take one (`ours` takes its aggregator from
+BENCH_OURS_SET instead, see bench/run.py).
 
 Every runner runs one warm-up round first (connections, process start-up, TFF tracing and
 compilation), reports it as `first_round_s` and leaves it out of `round_times_s`. Each module is
 also a CLI (`python -m bench.runners.<name> --size-mb 1 --clients 4 --rounds 5 [--out f.json]`)
-via `main(run)`; the driver runs every configuration as its own process group.
+via `main(run)` (`--variant V` where the system has one); the driver runs every configuration as its own process group.
 
 A model of `size_mb` is size_mb * 2**20 bytes of random float32 weights in one flat array;
 each client's local work is `weights + c_i` with a per-client constant c_i (distinct updates).
@@ -90,14 +94,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, required=True)
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--out", help="write the JSON record here (default: stdout)")
+    p.add_argument("--variant", default="", help="the system's variant, e.g. secagg for flower-secagg")
     return p.parse_args(argv)
 
 
-def main(run: Callable[[float, int, int], dict[str, Any]], argv: Sequence[str] | None = None) -> None:
+def main(run: Callable[..., dict[str, Any]], argv: Sequence[str] | None = None) -> None:
     """CLI wrapper for a runner's `run`; exit code 3 means the system is unavailable here."""
     args = parse_args(argv)
     try:
-        record = run(args.size_mb, args.clients, args.rounds)
+        record = run(args.size_mb, args.clients, args.rounds, **({"variant": args.variant} if args.variant else {}))
     except Unavailable as e:
         record = {"unavailable": str(e)}
         code = 3

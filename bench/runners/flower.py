@@ -17,11 +17,16 @@ the slowest client's local work and the loopback bytes of the round to a JSON-li
 Those bytes include every Flower hop on this machine: ServerApp <-> SuperLink,
 SuperLink <-> SuperNodes and SuperNode <-> ClientApp. Server RSS is the sampled sum of the
 SuperLink's process tree (SuperLink, its SuperExec and the ServerApp process).
+
+Variant `secagg` (system `flower-secagg`): the same app under Flower's SecAgg+ protocol
+(run config `secagg=true`: `SecAggPlusWorkflow` in the ServerApp, `secaggplus_mod` around the
+ClientApp's train function) with the parameters of `secagg_params`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import tempfile
 import time
@@ -41,11 +46,32 @@ def _flwr_version() -> str:
     return found[-1].name.removeprefix("flwr-").removesuffix(".dist-info") if found else "?"
 
 
-def run(size_mb: float, clients: int, rounds: int, timeout_s: float | None = None) -> dict:
+def secagg_params(clients: int) -> dict[str, int | float]:
+    """SecAgg+ parameters for `clients` sampled clients (Flower's run-config keys, `secagg-` dropped).
+
+    num-shares: each client's neighbourhood (itself included), SecAgg+'s O(log n) graph: the
+      smallest odd number >= log2(n) + 1, at most n (3 for 4 clients, 5 for 16).
+    reconstruction-threshold: a majority of the shares (2 of 3, 3 of 5).
+    max-weight 1: every client reports num_examples = 1, so the weight factor is exactly 1 and
+      the update is not scaled down before quantization (Flower's default 1000 would cost 10 bits).
+    clipping-range 8, quantization-range 2^22, modulus-range 2^32: Flower's defaults; the random
+      N(0, 1) weights lie well inside [-8, 8] (quantization step 16 / 2^22 = 3.8e-6).
+    """
+    shares = math.ceil(math.log2(clients)) + 1
+    shares = min(clients, shares + (1 - shares % 2))
+    return {"num-shares": shares, "reconstruction-threshold": shares // 2 + 1, "max-weight": 1.0,
+            "clipping-range": 8.0, "quantization-range": 2**22, "modulus-range": 2**32}
+
+
+def run(size_mb: float, clients: int, rounds: int, variant: str = "", timeout_s: float | None = None) -> dict:
+    if variant not in ("", "secagg"):
+        raise ValueError(f"flower: unknown variant {variant!r} (only 'secagg')")
     bin_dir = VENV / "bin"
     if not (bin_dir / "flwr").exists():
         raise Unavailable(f"{VENV} is missing: run bench/setup_flower.sh")
-    timeout_s = timeout_s or 180 + (rounds + 1) * (20 + 4 * clients + 0.05 * size_mb * clients)
+    timeout_s = timeout_s or 180 + (rounds + 1) * (20 + 4 * clients + 0.05 * size_mb * clients) * (
+        10 if variant else 1)
+    secagg = secagg_params(clients) if variant else {}
     with tempfile.TemporaryDirectory(prefix="bench-flower-") as tmp_name, procs.Owned() as owned:
         tmp = Path(tmp_name)
         link_port, *node_ports = free_ports(clients + 1)
@@ -69,27 +95,37 @@ def run(size_mb: float, clients: int, rounds: int, timeout_s: float | None = Non
             )
         timings = tmp / "timings.jsonl"
         run_config = (f"size-mb={float(size_mb)} num-rounds={rounds + 1} min-nodes={clients} "
-                      f'timings-file="{timings}"')
+                      f'timings-file="{timings}" secagg={"true" if secagg else "false"}')
+        run_config += "".join(f" secagg-{k}={v}" for k, v in secagg.items())
         with procs.TreeRssPeak(link.pid) as rss:
             cli = owned.start(
                 [str(bin_dir / "flwr"), "run", str(APP), "bench", "--stream", "--run-config", run_config],
                 log=tmp / "flwr-run.log", env=env, cwd=tmp,
             )
-            records = _wait_for_rounds(cli, timings, rounds + 1, timeout_s, tmp)
+            records = _wait_for_rounds(cli, timings, rounds + 1, clients, timeout_s, tmp)
         superlink_hwm = procs.hwm_mb(link.pid)
+    extra = {"client_mask_s": [r["client_mask_s"] for r in records[1:]], "secagg": secagg} if secagg else {}
+    extra["round_errors"] = [r["errors"] for r in records]  # warm-up round first
     return make_record(
-        "flower", size_mb, clients, [r["end"] - r["start"] for r in records[1:]],
+        "flower-secagg" if secagg else "flower", size_mb, clients, [r["end"] - r["start"] for r in records[1:]],
         first_round_s=records[0]["end"] - records[0]["start"],
         client_work_s=[r["client_work_s"] for r in records[1:]],
         loopback_bytes=[r["loopback_bytes"] for r in records[1:]],
         server_peak_rss_mb=rss.peak_mb, superlink_hwm_mb=superlink_hwm,
-        notes=f"flwr {_flwr_version()}; server RSS = SuperLink + SuperExec + ServerApp (sampled sum)",
+        notes=f"flwr {_flwr_version()}; server RSS = SuperLink + SuperExec + ServerApp (sampled sum)"
+              + (f"; SecAgg+ {secagg}" if secagg else ""),
+        **extra,
     )
 
 
-def _wait_for_rounds(cli: subprocess.Popen[bytes], timings: Path, rounds: int, timeout_s: float,
+def _wait_for_rounds(cli: subprocess.Popen[bytes], timings: Path, rounds: int, clients: int, timeout_s: float,
                      logs: Path) -> list[dict]:
-    """Wait until the ServerApp has recorded every round (and `flwr run` has exited)."""
+    """Wait until the ServerApp has recorded every round (and `flwr run` has exited).
+
+    A round is bad when an update is missing from its aggregate. An error with every update in
+    it is a failure the protocol recovered from (SecAgg+: a client's reply lost after its masked
+    input arrived, e.g. in the unmask stage); such rounds count, their errors in `round_errors`.
+    """
     deadline = time.monotonic() + timeout_s
     records: list[dict] = []
     while time.monotonic() < deadline:
@@ -100,7 +136,7 @@ def _wait_for_rounds(cli: subprocess.Popen[bytes], timings: Path, rounds: int, t
         if cli.poll() not in (None, 0):
             break
         time.sleep(0.2)
-    bad = [r for r in records if r["errors"] or not r["replies"]]
+    bad = [r for r in records if r["replies"] < clients]
     if len(records) < rounds or bad:
         tails = "\n".join(f"--- {f.name}\n" + f.read_text(errors="replace")[-2000:]
                           for f in sorted(logs.glob("*.log")))

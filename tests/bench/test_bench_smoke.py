@@ -70,7 +70,43 @@ def test_driver_baselines(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not (FLOWER_VENV / "bin" / "flwr").exists(),
                     reason="bench/.venv-flower missing: run bench/setup_flower.sh")
-def test_driver_flower(tmp_path: Path) -> None:
-    results = _run_driver(tmp_path, "flower")
-    _check(results["records"][0], "flower")
+@pytest.mark.parametrize("system", ["flower", "flower-secagg"])
+def test_driver_flower(tmp_path: Path, system: str) -> None:
+    results = _run_driver(tmp_path, system)
+    _check(results["records"][0], system)
+    if system == "flower-secagg":  # 2 clients: every client is every other's neighbour
+        run = results["runs"][0]
+        assert run["secagg"]["num-shares"] == 2 and len(run["client_mask_s"]) == 2
     _no_leftovers()
+
+
+def _record(system: str, size_mb: float, clients: int, median_s: float, rss_mb: float) -> dict:
+    return {"system": system, "size_mb": size_mb, "clients": clients, "repeats": 1,
+            "round_times_s": [median_s] * 3, "median_round_s": median_s, "first_round_s": median_s,
+            "client_work_s": 0.01, "coordination_overhead_s": median_s - 0.01, "bytes_per_round": 2**20,
+            "payload_bytes_per_round": 2**20, "model_bytes": 2**20, "server_peak_rss_mb": rss_mb}
+
+
+def test_report_secure_rows() -> None:
+    """The secure-aggregation table: secure / ours, ours secure / Flower SecAgg+, server memory;
+    a timed-out Flower SecAgg+ run is a row of its own, not a crash."""
+    machine = {"cpu_model": "x", "cores": 2, "ram_gib": 8, "kernel": "k", "python": "3.11", "flwr": "1.42.0",
+               "tensorflow_federated": "0.87", "tensorflow": "2.14", "grpcio": "1", "numpy": "1"}
+    records = [_record("ours", 1, 4, 1.0, 300), _record("ours-secure", 1, 4, 1.5, 320),
+               _record("flower", 1, 4, 10.0, 480), _record("flower-secagg", 1, 4, 30.0, 500),
+               _record("ours", 25, 16, 4.0, 900),
+               {"system": "flower-secagg", "size_mb": 25, "clients": 16, "error": "timed out after 1500s: ..."}]
+    text = render({"machine": machine, "records": records}, "benchmarks.png")
+    assert "## Secure aggregation" in text and "Flower SecAgg+" in text and "ours (secure)" in text
+    assert "| 1 MiB | 4 | 1.00 s | 1.50 s | 10.00 s | 30.00 s | 1.50 | 0.05 | 3.00 | 300 / 320 / 480 / 500 |" in text
+    assert "| 25 MiB | 16 | 4.00 s | not run | not run | timed out | n/a | n/a | n/a | 900 / - / - / - |" in text
+    no_secure = render({"machine": machine, "records": records[:1]}, "benchmarks.png")
+    assert "No secure-aggregation runs yet" in no_secure
+
+
+def test_flower_secagg_params() -> None:
+    """SecAgg+'s neighbourhood grows as log2(n): odd, at most n, a majority threshold."""
+    from bench.runners.flower import secagg_params
+
+    assert [(secagg_params(n)["num-shares"], secagg_params(n)["reconstruction-threshold"])
+            for n in (2, 3, 4, 16, 100)] == [(2, 2), (3, 2), (3, 2), (5, 3), (9, 5)]
