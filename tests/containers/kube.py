@@ -274,6 +274,17 @@ class Play:
     def kill(self, container: str) -> None:
         run(["podman", "kill", "--signal", "KILL", container])
 
+    @contextmanager
+    def paused(self, container: str) -> Iterator[None]:
+        """``container`` frozen for the block (a SIGKILL sent meanwhile lands when it thaws): rounds
+        take a fraction of a second here, so a fault meant for mid-training is made while the server
+        stands still."""
+        run(["podman", "pause", container], timeout=60)
+        try:
+            yield
+        finally:
+            run(["podman", "unpause", container], timeout=60)
+
 
 def _address(container: str, network: str) -> str:
     (inspected,) = json.loads(run(["podman", "inspect", container]).stdout)

@@ -156,12 +156,8 @@ def test_silos_train_across_clusters_a_stray_is_refused_and_a_dead_silo_does_not
     wait_for("a round with both silos' results", both_silos_counted, START_S + 300, fed.hub, poll=0.2)
     # silo-b's clients all die (their pods stopped, as a cluster outage would). Rounds take a fraction of a
     # second here, so the server is paused meanwhile: the rounds stand still until silo-b is gone.
-    server = fed.hub.containers()[0].name
-    run(["podman", "pause", server], timeout=60)
-    try:
+    with fed.hub.paused(fed.hub.containers()[0].name):
         run(["podman", "pod", "stop", "-t", "0", *[c.pod for c in fed.silos["silo-b"].containers()]], timeout=120)
-    finally:
-        run(["podman", "unpause", server], timeout=60)
     stopped_after = len(fed.rows())
     assert stopped_after <= ROUNDS - 10, f"silo-b stopped after round {stopped_after} of {ROUNDS}: too late to watch"
 

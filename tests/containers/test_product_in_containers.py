@@ -149,17 +149,22 @@ def test_dev_stack_trains_and_stays_finished_without_restarts(deploy: Any, fault
 
 
 def test_killed_client_and_server_containers_do_not_stop_training(deploy: Any, faults: Any) -> None:
-    fed = deploy("dev", {}, {"training": {"rounds": 40, "round_deadline_s": 20}})
-    wait_for("round 3", lambda: fed.round_reached(3), START_S + 120, fed.play)
-    victim = fed.clients()[0]
-    os.kill(victim.state["Pid"], 9)  # the container's init, as an OOM kill would
-    at_client_kill = len(records(fed.claim))
+    fed = deploy("dev", {}, {"training": {"rounds": 80, "round_deadline_s": 20}})
+    server, victim = fed.server(), fed.clients()[0]  # looked up first: podman inspect is slow under load
+    wait_for("round 3", lambda: fed.round_reached(3), START_S + 120, fed.play, poll=0.2)
+    with fed.play.paused(server.name):
+        at_client_kill = len(records(fed.claim))
+        os.kill(victim.state["Pid"], 9)  # the container's init, as an OOM kill would
+    assert at_client_kill <= fed.rounds - 5, f"round {at_client_kill} of {fed.rounds}: the kill came too late"
     wait_for("the killed client restarted", lambda: next(
         c for c in fed.clients() if c.name == victim.name).restarts >= 1, 120, fed.play)
-    wait_for("training past the client kill", lambda: fed.round_reached(at_client_kill + 3), 300, fed.play)
+    wait_for("training past the client kill", lambda: fed.round_reached(at_client_kill + 3), 300, fed.play,
+             poll=0.2)
     run_started = fed.run_state()["started_at"]
-    os.kill(fed.server().state["Pid"], 9)
-    at_server_kill = len(records(fed.claim))
+    with fed.play.paused(server.name):
+        at_server_kill = len(records(fed.claim))
+        os.kill(server.state["Pid"], 9)
+    assert at_server_kill <= fed.rounds - 3, f"round {at_server_kill} of {fed.rounds}: the kill came too late"
     wait_for("the server restarted", lambda: fed.server().restarts >= 1, 120, fed.play)
     wait_for("training finished", fed.finished, 900, fed.play)
     done = records(fed.claim)
