@@ -146,3 +146,15 @@ def worker_binaries() -> set[int]:
             except OSError:
                 pass
     return pids
+
+
+def events(child: Child) -> list[dict[str, Any]]:
+    """The structured (JSON) log lines of a process; TensorFlow's own stderr lines are skipped."""
+    out = []
+    for line in child.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out

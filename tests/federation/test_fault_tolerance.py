@@ -18,7 +18,6 @@ the client process itself stopped with SIGSTOP, and the server runs every aggreg
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -28,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from federation_harness import Federation, dump_stacks, federation, processes_mentioning, worker_binaries
+from federation_harness import (
+    Federation,
+    dump_stacks,
+    events,
+    federation,
+    processes_mentioning,
+    worker_binaries,
+)
 from support.pki import make_pki
 
 from services.runner.processes import Child
@@ -45,18 +51,6 @@ SIGTERM_EXIT_S = 30  # liveness bound for a clean stop after SIGTERM
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def events(child: Child) -> list[dict[str, Any]]:
-    """The structured (JSON) log lines of a process; TensorFlow's own stderr lines are skipped."""
-    out = []
-    for line in child.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
-
-
 def msgs(child: Child, msg: str) -> list[dict[str, Any]]:
     return [e for e in events(child) if e.get("msg", "").startswith(msg)]
 

@@ -6,7 +6,6 @@ quantization bound (server_learning_rate / S) of the same round with ``mean``.""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from federation_harness import ROOT, federation
+from federation_harness import ROOT, events, federation
 from support.pki import make_pki
 
 from services.common.secagg.params import RoundParams, default_threshold
@@ -26,17 +25,6 @@ pytestmark = pytest.mark.slow
 
 AREA = "secure aggregation"
 TIMEOUT_S = 600
-
-
-def events(child: Child) -> list[dict[str, Any]]:
-    out = []
-    for line in child.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
 
 
 def accepted_rounds(server: Child, cid: str) -> set[int]:

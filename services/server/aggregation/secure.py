@@ -41,7 +41,7 @@ from services.common.secagg.params import ParamsError, RoundParams, default_thre
 from services.common.secagg.quantize import dequantize
 from services.common.tensors import LayoutError
 from services.server.aggregation.interface import Aggregator, Outcome, RoundAggregation, State
-from services.server.aggregation.staging import Contribution, Norms, RoundClosed, RoundRefused, Slots
+from services.server.aggregation.staging import Contribution, Norms, RoundClosed, RoundRefused, Slots, stage
 
 SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES  # the self-mask seed's share, then the mask key's
 SHARE_CIPHERTEXT_BYTES = ciphertext_bytes(SHARE_PLAINTEXT_BYTES)
@@ -109,13 +109,8 @@ class MaskedUpload:
             raise RuntimeError(f"feed() on a {self.state} upload")
         if self.round.closed:
             raise RoundClosed("the round closed while this masked input was streaming in")
-        view = memoryview(data).cast("B")
-        end = self.received + len(view)
-        if end > self.layout.nbytes:
-            raise PayloadError(f"stream carries more than the announced {self.layout.nbytes} bytes")
         assert self.buffer is not None
-        self.buffer[self.received : end] = np.frombuffer(view, np.uint8)
-        self.received = end
+        self.received = stage(self.buffer, self.received, data)
 
     def finish(self) -> None:
         if self.received != self.layout.nbytes:

@@ -113,6 +113,17 @@ def check_result_layout(layout: tensors.Layout) -> None:
             raise TypeError(f"aggregators need floating updates; {leaf.path} is {leaf.dtype}")
 
 
+def stage(buffer: np.ndarray, received: int, data: bytes | bytearray | memoryview) -> int:
+    """Copy a chunk into a staging ``buffer`` (uint8, the whole result's size) after the ``received``
+    bytes already there; the new count. Refuses a stream longer than the buffer (nothing copied)."""
+    view = memoryview(data).cast("B")
+    end = received + len(view)
+    if end > buffer.nbytes:
+        raise PayloadError(f"stream carries more than the announced {buffer.nbytes} bytes")
+    buffer[received:end] = np.frombuffer(view, np.uint8)
+    return end
+
+
 class Upload:
     """One result stream: :meth:`feed` its chunks, :meth:`finish` it (complete, the header's
     weight, scaled as its aggregator weighs it), then its round commits it or it is
@@ -145,13 +156,8 @@ class Upload:
             raise RuntimeError(f"feed() on a {self.state} upload")
         if self._closed():
             raise RoundClosed("the round closed while this result was streaming in")
-        view = memoryview(data).cast("B")
-        end = self.received + len(view)
-        if end > self.layout.nbytes:
-            raise PayloadError(f"stream carries more than the announced {self.layout.nbytes} bytes")
         assert self.buffer is not None
-        self.buffer[self.received : end] = np.frombuffer(view, np.uint8)
-        self.received = end
+        end = self.received = stage(self.buffer, self.received, data)
         self._check(end)
 
     def _check(self, upto: int) -> None:
