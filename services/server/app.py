@@ -114,6 +114,10 @@ class FederationServer:
         server.start()
         self.grpc_server = server
         self.http_server = self.telemetry.serve(s.host, s.metrics_port)
+        if self.round >= self.cfg.training.rounds and self.store.model_path.exists():
+            # A restarted finished server says so before it reports ready (a probe or a scrape in
+            # between would otherwise see a ready server that has not finished).
+            self.telemetry.training_finished()
         self.health.ready(True)
         log.info("server listening", extra=fields(address=address, tls=self.cfg.security.tls, auth=bool(token),
                                                   metrics_port=s.metrics_port, health_port=s.health_port,
