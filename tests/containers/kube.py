@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -357,15 +356,6 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float, play: Pla
                                    for c in play.containers())
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
         time.sleep(poll)
-
-
-def metric(address: str, name: str, labels: str = "") -> float:
-    """One value from a Prometheus text endpoint (``address`` host:port); ``labels`` as written, e.g. ``{reason="x"}``."""
-    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"{name}{labels} "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name}{labels} not on {address}/metrics")
 
 
 def records(claim_dir: Path) -> list[dict[str, Any]]:

@@ -25,7 +25,6 @@ from kube import (
     for_podman,
     free_subnets,
     gateway,
-    metric,
     played,
     records,
     run,
@@ -34,6 +33,7 @@ from kube import (
     wait_for,
 )
 from support.pki import issue_client, make_pki
+from support.prometheus import metric
 
 from infra.clusters import HUB, cluster_manifests
 from infra.mocked import stack_config

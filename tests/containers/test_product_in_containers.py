@@ -24,7 +24,6 @@ from kube import (
     PodmanFiles,
     for_podman,
     free_subnet,
-    metric,
     played,
     records,
     rendered,
@@ -33,6 +32,7 @@ from kube import (
 )
 from support.grpc_health import health_status as health
 from support.pki import make_pki
+from support.prometheus import metric
 
 from infra.mocked import stack_config
 from infra.stack_config import StackConfig, parse

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from federation_harness import Federation, federation
+from support import prometheus
 from support.grpc_health import health_status
 
 from services.common.health import LIVE, READY
@@ -32,8 +32,7 @@ def finished(fed: Federation) -> bool:
 
 
 def metric(fed: Federation, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{fed.cfg.server.metrics_port}/metrics", timeout=5).read().decode()
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+    return prometheus.metric(f"127.0.0.1:{fed.cfg.server.metrics_port}", name)
 
 
 def test_finished_federation_stays_up_ready_and_finished(tmp_path: Path) -> None:
