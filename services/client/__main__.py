@@ -1,8 +1,9 @@
 """Container entrypoint: ``python -m services.client --config /etc/tff-k8s/federation.yaml`` with
 ``SERVER_ADDRESS`` set. When the server says training is done, the client stays up and ready until
 it is stopped (``client.on_done: idle``, as a Deployment's Pod must: an exit would be restarted) or
-exits 0 (``exit``). Exit codes: 0 training done (or stopped by SIGTERM), 2 bad config or security
-material (including a token or certificate the server refuses), 3 the server stayed away longer
+exits 0 (``exit``). Exit codes: 0 training done (or stopped by SIGTERM), 2 bad config, task, data or
+security material (including a token or certificate the server refuses, and a task that differs
+from the server's), 3 the server stayed away longer
 than client.give_up_after_s, 1 anything else."""
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     from services.client.app import FederationClient  # heavy: TensorFlow + TFF
-    from services.client.session import Refused, ServerGone, Stopped
+    from services.client.session import OtherTask, Refused, ServerGone, Stopped
     from services.common.tensors import LayoutError
+    from services.tasks import TaskError
 
     try:
         client = FederationClient(cfg, on_reachable=health.ready)
@@ -59,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             while not stopped.wait(3600):
                 pass
         return 0
-    except (SecurityError, Refused, LayoutError) as exc:
+    except (SecurityError, Refused, LayoutError, OtherTask, TaskError) as exc:
         log.error(str(exc))
         return 2
     except Stopped:

@@ -15,29 +15,20 @@ from services.client.secure import SecureProtocolError
 from services.client.session import Joined, Session
 from services.client.trainer import ClientTrainer, ClientUpdate
 from services.common.config import FederationConfig
-from services.common.data import Arrays, digits_shard, load_npz_dir
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
-from services.common.task import Task
+from services.tasks import FederatedTask, federated_task
+from services.tasks.sources import ClientData, client_data
 
 log = logging.getLogger(__name__)
 
 
-def client_data(cfg: FederationConfig, joined: Joined) -> Arrays:
-    if cfg.data.source == "npz":
-        assert cfg.data.npz_dir is not None
-        return load_npz_dir(cfg.data.npz_dir)
-    d = cfg.data
-    return digits_shard(joined.shard_index, joined.num_shards, scheme=d.partition, alpha=d.dirichlet_alpha,
-                        eval_fraction=d.eval_fraction, seed=cfg.training.seed)
-
-
 class FederationClient:
-    def __init__(self, cfg: FederationConfig, name: str | None = None, task: Task | None = None,
+    def __init__(self, cfg: FederationConfig, name: str | None = None, task: FederatedTask | None = None,
                  update: ClientUpdate | None = None, on_reachable: Callable[[bool], None] | None = None) -> None:
         self.cfg = cfg
         # Shared by the simulator's sessions; built once for this client otherwise.
-        self.task = task or Task(cfg.training, cfg.model)
+        self.task = task or federated_task(cfg)
         self.update = update or ClientUpdate(self.task)
         self.name = name or cfg.client.name or socket.gethostname()
         self.session = Session(cfg, self.name, on_reachable)
@@ -45,8 +36,11 @@ class FederationClient:
 
     def run(self) -> None:
         """Returns when the server says training is done; raises Stopped / ServerGone otherwise."""
-        joined = self.session.join()
-        trainer = ClientTrainer(self.cfg, client_data(self.cfg, joined), self.task, self.update)
+        # Own (unsharded) data is read and checked before joining: a client with bad data never
+        # reaches the server. A shard is known once the server assigned it at join.
+        own = None if self._sharded else client_data(self.cfg, self.task, 0, 1)
+        joined = self.session.join(self.task.contract.parts)
+        trainer = self._trainer(own or client_data(self.cfg, self.task, joined.shard_index, joined.num_shards))
         log.info("joined", extra=fields(client=self.name, client_id=joined.client_id, shard=joined.shard_index))
         while True:
             try:
@@ -67,7 +61,7 @@ class FederationClient:
                                                         trainer.result_layout,
                                                         functools.partial(trainer.train, header.layout, weights))
                 else:
-                    trained = trainer.train(header.layout, weights)
+                    trained = trainer.train(header.layout, weights, evaluate=header.evaluate)
                     del weights  # the model buffer: free it before the upload
                     self.session.submit(joined.client_id, header, trained, trainer.result_layout.fingerprint)
                 self.rounds_trained += 1
@@ -84,10 +78,18 @@ class FederationClient:
                 else:
                     raise
 
+    @property
+    def _sharded(self) -> bool:
+        d = self.cfg.data
+        return d.source == "digits" or (d.source == "files" and d.sharded)
+
+    def _trainer(self, data: ClientData) -> ClientTrainer:
+        return ClientTrainer(self.cfg, data.train, self.task, self.update, data.eval)
+
     def _rejoin(self, joined: Joined, trainer: ClientTrainer) -> tuple[Joined, ClientTrainer]:
         """The server restarted and forgot this client id: join again (same name, same shard)."""
-        again = self.session.join()
-        if again.shard_index != joined.shard_index or again.num_shards != joined.num_shards:
-            trainer = ClientTrainer(self.cfg, client_data(self.cfg, again), self.task, self.update)
+        again = self.session.join(self.task.contract.parts)
+        if self._sharded and (again.shard_index != joined.shard_index or again.num_shards != joined.num_shards):
+            trainer = self._trainer(client_data(self.cfg, self.task, again.shard_index, again.num_shards))
         log.info("rejoined", extra=fields(client_id=again.client_id, shard=again.shard_index))
         return again, trainer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,6 +72,11 @@ class Stopped(RuntimeError):
     """The client was asked to stop (SIGTERM)."""
 
 
+class OtherTask(RuntimeError):
+    """The server trains another learning task (or with other client settings): this client cannot
+    take part until both are deployed with the same task (the message names the parts that differ)."""
+
+
 class Refused(RuntimeError):
     """The server refused this client's credentials (UNAUTHENTICATED / PERMISSION_DENIED): retrying
     cannot help, the token or certificate must be fixed."""
@@ -133,9 +138,15 @@ class Session:
                 self.on_reachable(False)
                 self.backoff.wait(f"{what}: {err.code().name}")
 
-    def join(self) -> Joined:
-        reply = self.retrying(lambda: self.stub.Join(pb.JoinRequest(name=self.name), metadata=self.metadata,
-                                                     timeout=30), "join")
+    def join(self, task: Mapping[str, str] | None = None) -> Joined:
+        """``task``: this client's task contract (services/tasks/contract.py), which the server checks."""
+        request = pb.JoinRequest(name=self.name, task=dict(task or {}))
+        try:
+            reply = self.retrying(lambda: self.stub.Join(request, metadata=self.metadata, timeout=30), "join")
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise OtherTask(f"join refused: {err.details()}") from None
+            raise
         assert isinstance(reply, pb.JoinReply)
         return Joined(reply.client_id, reply.shard_index, reply.num_shards)
 

@@ -41,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_tf_threads(cfg.client.tf_threads)  # before TensorFlow loads
     from services.client.app import FederationClient  # heavy: TensorFlow + TFF
     from services.client.trainer import ClientUpdate
-    from services.common.task import Task
+    from services.tasks import federated_task
 
-    task = Task(cfg.training, cfg.model)
+    task = federated_task(cfg)
     update = ClientUpdate(task)  # one model for all sessions: they train in turn
     clients = [FederationClient(cfg, f"{args.name_prefix}-{i}", task, update) for i in range(args.sessions)]
     failures: list[BaseException] = []

@@ -1,6 +1,6 @@
 """Client data: the bundled scikit-learn digits (no downloads), split into a held-out evaluation
 set and client shards (IID or label-skewed Dirichlet), or a client's own ``.npz`` files.
-NumPy only: the model side lives in :mod:`services.common.task`."""
+NumPy only: the tasks (the model side, other data formats) live in :mod:`services.tasks`."""
 
 from __future__ import annotations
 

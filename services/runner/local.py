@@ -11,7 +11,6 @@ runner's, or a service that exited 2); 1 anything else (a process crashed too of
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -22,10 +21,11 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from services.common.config import ConfigError, FederationConfig, load_config, parse_set
+from services.common.config import BUILTIN_TASKS, ConfigError, FederationConfig, load_config, parse_set
 from services.runner.loopback import loopback_overrides
 from services.runner.plot import plot_rounds
 from services.runner.processes import ProcessGroup
+from services.runner.records import evaluation, headline_metric, read_records, value
 from services.runner.restarts import FATAL_EXIT, RestartPolicy
 from services.runner.supervisor import Supervisor
 
@@ -46,7 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", choices=["iid", "dirichlet"], help="how the digits are split across clients")
     p.add_argument("--alpha", type=float, help="Dirichlet alpha for --partition dirichlet")
     p.add_argument("--aggregator", choices=["mean", "robust", "dp", "secure"], help="server aggregator")
-    p.add_argument("--config", help="a federation YAML to start from (services/common/config.py)")
+    p.add_argument("--task", metavar="FILE_OR_MODULE",
+                   help="the learning task: a task file (.yaml), a Python module (package.module, on PYTHONPATH) or "
+                        "digits (default); docs/tasks.md")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="the clients' data in the task's format: DIR/shard-0 .. DIR/shard-<clients-1>, one per client")
+    p.add_argument("--config", help="a federation YAML to start from (services/common/config/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set training.local_epochs=2 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output-dir")
@@ -72,21 +77,40 @@ def build_config(args: argparse.Namespace) -> FederationConfig:
                       ("aggregator", "training.aggregator")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
+    if args.task is not None:
+        overrides["task.source"] = task_source(args.task)
+    if args.data is not None:
+        overrides.update(data_overrides(args.data.resolve(), args.clients))
     overrides.update(parse_set(args.overrides))
     cfg = load_config(args.config, overrides=overrides, environ={})
     return cfg.model_copy(update={"client": cfg.client.model_copy(
         update={"server_address": f"127.0.0.1:{cfg.server.port}"})})
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def task_source(arg: str) -> str:
+    """``--task``: a task file (made absolute: every process reads it), a module, or a built-in."""
+    if arg.endswith((".yaml", ".yml")):
+        path = Path(arg).resolve()
+        if not path.is_file():
+            raise ConfigError(f"--task {arg}: no such task file")
+        return str(path)
+    return arg if arg in BUILTIN_TASKS or arg.startswith("module:") else f"module:{arg}"
 
 
-def _row(r: dict[str, Any]) -> tuple[str, ...]:
-    return (str(r["round"]), f"{r['clients']}/{r['sampled']}", f"{r.get('train_loss', float('nan')):.4f}",
-            f"{r['eval_loss']:.4f}", f"{r['eval_accuracy']:.4f}", f"{r['seconds']:.2f}")
+def data_overrides(root: Path, clients: int) -> dict[str, Any]:
+    """``--data DIR``: each client reads its shard folder, as on a cluster's shared data volume."""
+    shards = sorted(p.name for p in root.glob("shard-*") if p.is_dir()) if root.is_dir() else []
+    if len(shards) < clients:
+        raise ConfigError(f"--data {root}: needs a folder per client (shard-0 .. shard-{clients - 1}), found "
+                          f"{len(shards)}: {', '.join(shards) or 'none'} (docs/tasks.md)")
+    return {"data.source": "files", "data.path": str(root), "data.sharded": True}
+
+
+def _row(r: dict[str, Any], metric: str | None) -> tuple[str, ...]:
+    prefix, _ = evaluation(r)
+    shown = f"{value(r, prefix + metric):.4f}" if metric else "-"
+    return (str(r["round"]), f"{r['clients']}/{r['sampled']}", f"{value(r, 'train_loss'):.4f}",
+            f"{value(r, prefix + 'loss'):.4f}", shown, f"{r['seconds']:.2f}")
 
 
 class LocalRun:
@@ -122,13 +146,16 @@ class LocalRun:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=True) as progress:
             bar = progress.add_task("starting (TensorFlow loads in each process)", total=total, completed=shown)
-            header = "  ".join(f"{c:>10}" for c in ("round", "clients", "train loss", "eval loss", "eval acc", "seconds"))
+            # The metric column: the task's first metric (accuracy for a classifier), named in the summary.
+            header = "  ".join(f"{c:>10}" for c in ("round", "clients", "train loss", "eval loss", "eval metric",
+                                                    "seconds"))
             progress.console.print(header)
             while True:
                 notes = sup.poll()  # before reading the metrics: a server that exited 0 wrote them all
                 records = read_records(self.metrics_path)
+                metric = headline_metric(records)
                 for r in records[shown:]:
-                    progress.console.print("  ".join(f"{v:>10}" for v in _row(r)))
+                    progress.console.print("  ".join(f"{v:>10}" for v in _row(r, metric)))
                 for note in notes:
                     progress.console.print(note, style="yellow", markup=False, highlight=False)
                 shown = len(records)
@@ -174,8 +201,10 @@ class LocalRun:
             return 1
         plot = plot_rounds(records, self.out_dir / PLOT_NAME)
         last = records[-1]
+        prefix, label = evaluation(last)
+        metric = headline_metric(records) or "loss"
         self.console.print(
-            f"[green]done[/green]: {len(records)} rounds, held-out accuracy {last['eval_accuracy']:.4f}\n"
+            f"[green]done[/green]: {len(records)} rounds, {label} {metric} {value(last, prefix + metric):.4f}\n"
             f"  metrics: {self.metrics_path}\n  model:   {self.out_dir / 'model.keras'}\n  plot:    {plot}"
         )
         self._restarts(sup)

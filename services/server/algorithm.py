@@ -23,10 +23,10 @@ from tensorflow_federated.python.learning.templates import apply_optimizer_final
 
 from services.common import tensors
 from services.common.config import TrainingSettings
-from services.common.task import Task, server_optimizer
 from services.server.aggregation import Aggregator, Outcome
 from services.server.aggregation import State as AggregatorState
 from services.server.state import ServerState
+from services.tasks.federated import FederatedTask, server_optimizer
 
 
 class OptimizerStep:
@@ -73,7 +73,7 @@ class ServerAlgorithm:
     """The aggregator and the finalizer of one task: the initial state, a round's step, and the
     checkpoint form of the state."""
 
-    def __init__(self, task: Task, training: TrainingSettings, aggregator: Aggregator) -> None:
+    def __init__(self, task: FederatedTask, training: TrainingSettings, aggregator: Aggregator) -> None:
         self.task = task
         self.aggregator = aggregator
         finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer(training), task.weights_type)
@@ -146,7 +146,7 @@ def _containers(structure: Any) -> Any:
     return structure
 
 
-def as_model_weights(task: Task, leaves: Sequence[np.ndarray]) -> tff.learning.models.ModelWeights:
+def as_model_weights(task: FederatedTask, leaves: Sequence[np.ndarray]) -> tff.learning.models.ModelWeights:
     value = tensors.unflatten(task.weights_type, leaves)
     return tff.learning.models.ModelWeights(trainable=list(value.trainable), non_trainable=list(value.non_trainable))
 

@@ -24,10 +24,8 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from services.common.config import FederationConfig
-from services.common.data import load_digits_split
 from services.common.health import Health
 from services.common.logs import fields
-from services.common.task import Task
 from services.common.transport import SERVER_OPTIONS, TokenAuthInterceptor, read_token, server_credentials
 from services.server.aggregation import Slots, aggregator_for
 from services.server.algorithm import ServerAlgorithm
@@ -38,6 +36,9 @@ from services.server.rounds import RoundRunner
 from services.server.servicer import FederationServicer, add_to_server
 from services.server.store import Codec, StateStore
 from services.server.telemetry import Telemetry
+from services.tasks import federated_task
+from services.tasks.evaluation import MetricsFinalizer
+from services.tasks.sources import server_eval_data
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,16 @@ class FederationServer:
 
     def __init__(self, cfg: FederationConfig, health: Health) -> None:
         self.cfg = cfg
-        self.run_id = cfg.run_id
         training = cfg.training
-        self.task = Task(training, cfg.model)
+        self.task = federated_task(cfg)
+        contract = self.task.contract
+        self.run_id = cfg.run_identity(contract.fingerprint)
         aggregator = aggregator_for(training, self.task.result_layout, Slots(cfg.server.upload_slots))
         self.algorithm = ServerAlgorithm(self.task, training, aggregator)
-        _, eval_data = load_digits_split(cfg.data.eval_fraction, training.seed)
-        self.evaluator = Evaluator(self.task, eval_data)
+        self.evaluator = Evaluator(self.task, server_eval_data(cfg, self.task))
+        federated_eval = MetricsFinalizer(self.task.model_fn())
         codec = Codec(self.algorithm.initialize, self.algorithm.encode_state, self.algorithm.decode_state)
-        self.store = StateStore(cfg, codec, self.evaluator.evaluate)
+        self.store = StateStore(cfg, codec, self.evaluator.evaluate, contract.fingerprint)
         restored = self.store.restore()
         self.evaluator.adopt(restored.state)  # its variables adopt the weights: the zeros are freed now
         self.coordinator = Coordinator(
@@ -76,12 +78,13 @@ class FederationServer:
         self.servicer = FederationServicer(
             self.coordinator, self.task.result_layout, self.telemetry,
             chunk_bytes=cfg.server.chunk_bytes, max_payload_bytes=cfg.server.max_payload_bytes, poll_s=POLL_S,
-            gate=SiloGate(cfg.security.silos),
+            gate=SiloGate(cfg.security.silos), contract=contract, evaluate_every=cfg.evaluation.every,
+            eval_keys=federated_eval.keys,
         )
         self.runner = RoundRunner(
             training=training, coordinator=self.coordinator, aggregator=aggregator, apply=self.algorithm.apply,
             store=self.store, telemetry=self.telemetry, weights_fingerprint=self.task.weights_layout.fingerprint,
-            state=restored.state,
+            state=restored.state, federated_eval=federated_eval,
         )
         self.health = health
         self.grpc_server: grpc.Server | None = None
@@ -123,6 +126,7 @@ class FederationServer:
                                                   metrics_port=s.metrics_port, health_port=s.health_port,
                                                   run=self.run_id, round=self.round,
                                                   aggregator=self.cfg.training.aggregator,
+                                                  task=self.task.name, task_fingerprint=self.task.contract.fingerprint,
                                                   **({"silos": ",".join(self.servicer.gate.names)}
                                                      if self.servicer.gate.enabled else {})))
 

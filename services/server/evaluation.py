@@ -1,5 +1,6 @@
-"""The global model as Keras sees it: held-out evaluation after each round and the exported
-``model.keras``, from one evaluation model whose variables adopt a state's weights."""
+"""The global model as Keras sees it: central evaluation after each round (when the server holds
+eval data) and the exported ``model.keras``, from one evaluation model whose variables adopt a
+state's weights."""
 
 from __future__ import annotations
 
@@ -10,20 +11,21 @@ import tensorflow as tf
 
 from services.common.data import Arrays
 from services.common.logs import fields
-from services.common.task import Task, evaluate
 from services.common.tensors import as_tensor
 from services.server.algorithm import as_model_weights
 from services.server.state import ServerState
+from services.tasks.evaluation import evaluate
+from services.tasks.federated import FederatedTask
 
 log = logging.getLogger(__name__)
 
 
 class Evaluator:
-    def __init__(self, task: Task, eval_data: Arrays) -> None:
+    def __init__(self, task: FederatedTask, eval_data: Arrays | None) -> None:
         self.task = task
         self.eval_data = eval_data
-        # Zeros, not a random draw: its weights are replaced by a state's before every use.
-        self.model = task.keras_model(initialized=False)
+        # Its weights are replaced by a state's before every use (no random draw where the task can skip it).
+        self.model = task.model_to_fill()
 
     def adopt(self, state: ServerState) -> tf.keras.Model:
         """The evaluation model holding ``state``'s weights. They are handed to TensorFlow without
@@ -38,7 +40,11 @@ class Evaluator:
         return self.model
 
     def evaluate(self, state: ServerState) -> dict[str, float]:
-        return evaluate(self.adopt(state), self.eval_data)
+        """Central evaluation on the server's held-out data; nothing without it (federated only)."""
+        if self.eval_data is None:
+            return {}
+        learning = self.task.learning
+        return evaluate(self.adopt(state), self.eval_data, learning.loss(), learning.metrics())
 
     def export(self, state: ServerState, path: Path) -> Path:
         """``state``'s model as a plain Keras file, written atomically."""

@@ -37,9 +37,11 @@ class Recorder(Protocol):
 
 
 def weighted_train_metrics(results: dict[str, Metrics]) -> dict[str, float]:
+    """Each ``train_*`` metric of the round's results, weighted by their examples."""
     total = sum(m.get("num_examples", 0.0) for m in results.values())
     out: dict[str, float] = {"num_examples": total}
-    for key in ("train_loss", "train_accuracy"):
+    keys = sorted({k for m in results.values() for k in m if k.startswith("train_")})
+    for key in keys:
         if total > 0:
             out[key] = sum(m.get(key, 0.0) * m.get("num_examples", 0.0) for m in results.values()) / total
     out["client_seconds_max"] = max((m.get("seconds", 0.0) for m in results.values()), default=0.0)
@@ -69,7 +71,10 @@ def silo_rows(results: dict[str, Metrics], silos: Mapping[str, str]) -> dict[str
 class RoundRunner:
     def __init__(self, *, training: TrainingSettings, coordinator: Coordinator, aggregator: Aggregator,
                  apply: Callable[[ServerState, Outcome], ServerState], store: Recorder, telemetry: Telemetry,
-                 weights_fingerprint: str, state: ServerState, clock: Clock | None = None) -> None:
+                 weights_fingerprint: str, state: ServerState, clock: Clock | None = None,
+                 federated_eval: Callable[[dict[str, Metrics]], dict[str, float]] | None = None) -> None:
+        """``federated_eval``: the round's federated evaluation from its results' metrics
+        (services/tasks/evaluation.py: MetricsFinalizer), of the model the round started from."""
         self.training = training
         self.coordinator = coordinator
         self.aggregator = aggregator
@@ -80,6 +85,7 @@ class RoundRunner:
         self.state = state
         self.clock = clock or coordinator.clock
         self.stopping = threading.Event()
+        self.federated_eval = federated_eval or (lambda _results: {})
 
     def stop(self) -> None:
         self.stopping.set()
@@ -131,6 +137,7 @@ class RoundRunner:
             "clients": len(results),
             "sampled": len(task.sampled),
             **weighted_train_metrics(results),
+            **self.federated_eval(results),
             "aggregator": self.aggregator.name,
             **outcome.measurements,
             "collect_s": round(collected - started, 4),

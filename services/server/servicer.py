@@ -26,6 +26,8 @@ from services.server.broadcast import Broadcast
 from services.server.coordinator import Coordinator, Reject, RoundTask, TaskKind
 from services.server.identity import NotASilo, SiloGate
 from services.server.telemetry import Telemetry, memory_mb
+from services.tasks.contract import Contract, check_peer
+from services.tasks.evaluation import PREFIX as EVAL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,9 @@ STATUS = {
     "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "out_of_order": grpc.StatusCode.FAILED_PRECONDITION,  # a secure phase before its turn
+    "other_task": grpc.StatusCode.FAILED_PRECONDITION,  # a client that trains another learning task
 }
-MAX_METRICS = 32
+MAX_METRICS = 64
 MAX_METRIC_NAME = 64
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Federation"].full_name  # tff_k8s.v1.Federation
 
@@ -104,8 +107,17 @@ class FederationServicer(pb_grpc.FederationServicer):
         max_payload_bytes: int,
         poll_s: float = 10.0,
         gate: SiloGate | None = None,
+        contract: Contract | None = None,
+        evaluate_every: int = 0,
+        eval_keys: frozenset[str] = frozenset(),
     ) -> None:
+        """``contract``: the server's task contract, a joining client's must equal it;
+        ``evaluate_every`` / ``eval_keys``: federated evaluation every so many rounds, and the
+        ``ev_`` metrics a result that reports it must carry, exactly."""
         self.coordinator = coordinator
+        self.contract = contract
+        self.evaluate_every = evaluate_every
+        self.eval_keys = eval_keys
         self.gate = gate or SiloGate(())
         self.result_layout = result_layout
         self.telemetry = telemetry
@@ -138,6 +150,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         if isinstance(request, Malformed):
             self._abort(context, "invalid", request.error)
         silo = self._silo(context)
+        self._check_contract(context, request)
         try:
             record = self.coordinator.join(request.name, silo)
         except Reject as exc:
@@ -147,6 +160,25 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.JoinReply(
             client_id=record.client_id, shard_index=record.shard, num_shards=self.coordinator.num_shards
         )
+
+    def _check_contract(self, context: grpc.ServicerContext, request: pb.JoinRequest) -> None:
+        """A joining client trains the server's task, or is refused saying which parts differ. A
+        client that sends no contract is bound by the weights' layout check alone (every TRAIN
+        header and result names it)."""
+        if self.contract is None or not request.task:
+            return
+        try:
+            theirs = check_peer(request.task)
+        except ValueError as exc:
+            self._abort(context, "invalid", str(exc))
+        differs = self.contract.differences(theirs)
+        if differs:
+            self._abort(context, "other_task", "this client's learning task differs from the server's in: "
+                        + "; ".join(differs) + " (deploy both with the same task and training settings)")
+
+    def _evaluates(self, task: RoundTask) -> bool:
+        return bool(self.evaluate_every) and task.round % self.evaluate_every == 0 \
+            and task.aggregation.aggregator.weights_in_clear  # never in a secure round
 
     def GetTask(self, request: pb.TaskRequest, context: grpc.ServicerContext) -> Iterator[pb.TaskChunk | bytes]:  # noqa: N802
         if isinstance(request, Malformed):
@@ -172,6 +204,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 payload_bytes=payload_bytes,
                 layout=task.layout,
                 deadline_s=task.remaining(self.coordinator.clock()),
+                evaluate=self._evaluates(task),
                 **secure_phases.header_fields(task),
             )
         )
@@ -207,6 +240,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             task = self.coordinator.begin_upload(h.client_id, h.task_id, h.round)
             try:
                 metrics = _validate_metrics(h.metrics)
+                self._check_eval_metrics(task, metrics)
                 if task.aggregation.aggregator.weights_in_clear:  # the weight taken, for the per-silo rows
                     metrics["update_weight"] = float(h.update_weight)  # (it overrides a metric of that name)
                 check_size(h.payload_bytes, self.max_payload_bytes)
@@ -241,6 +275,12 @@ class FederationServicer(pb_grpc.FederationServicer):
             raise
         log.info("result accepted", extra=fields(client_id=h.client_id, round=h.round, bytes=h.payload_bytes, **memory_mb()))
         return pb.SubmitReply(accepted=True, detail=f"round {h.round} result accepted")
+
+    def _check_eval_metrics(self, task: RoundTask, metrics: dict[str, float]) -> None:
+        keys = {k for k in metrics if k.startswith(EVAL_PREFIX)}
+        if keys and (not self._evaluates(task) or keys != self.eval_keys):
+            raise Reject("invalid", "evaluation metrics (ev_*) only in a round that asks for them, exactly "
+                         f"the task's {len(self.eval_keys)}")
 
     def _receive(self, task: RoundTask, h: pb.ResultHeader, metrics: dict[str, float], parts: Iterator[Any]) -> None:
         """Hand the result to its round's aggregation: staged (at most ``server.upload_slots`` at a

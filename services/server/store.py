@@ -33,11 +33,14 @@ METRICS_FILE = "metrics.jsonl"
 MODEL_FILE = "model.keras"
 
 
-def config_fingerprint(cfg: FederationConfig) -> str:
-    """What a checkpoint must agree with to be resumed: the model-defining training settings."""
+def config_fingerprint(cfg: FederationConfig, task_fingerprint: str = "") -> str:
+    """What a checkpoint must agree with to be resumed: the model-defining training settings and
+    the learning task (services/tasks/contract.py)."""
     t = cfg.training
     keys: dict[str, Any] = dict(seed=t.seed, aggregator=t.aggregator, server_optimizer=t.server_optimizer,
                 num_shards=cfg.num_shards, partition=cfg.data.partition, hidden_units=cfg.model.hidden_units)
+    if task_fingerprint:
+        keys["task"] = task_fingerprint
     if t.aggregator == "dp":  # what the dp aggregator's state means (an adaptive clip, or none)
         keys["dp_clip"] = t.dp_clip
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
@@ -61,14 +64,14 @@ class Restored:
 
 class StateStore:
     def __init__(self, cfg: FederationConfig, codec: Codec,
-                 evaluate: Callable[[ServerState], dict[str, float]]) -> None:
+                 evaluate: Callable[[ServerState], dict[str, float]], task_fingerprint: str = "") -> None:
         self.cfg = cfg
-        self.run_id = cfg.run_id
+        self.run_id = cfg.run_identity(task_fingerprint)
         self.out_dir = Path(cfg.server.output_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.codec = codec
         self.evaluate = evaluate
-        self.fingerprint = config_fingerprint(cfg)
+        self.fingerprint = config_fingerprint(cfg, task_fingerprint)
         self.writer = checkpoint.Writer(self.out_dir)
 
     # ---- restore / resume -----------------------------------------------------------------------
@@ -78,7 +81,7 @@ class StateStore:
         if ckpt is not None and ckpt.header.get("run_id") != self.run_id:
             runs.archive(self.out_dir, str(ckpt.header.get("run_id") or f"unnamed-{ckpt.header.get('fingerprint')}"))
             ckpt = None
-        defining = self.cfg.model_dump(mode="json", include={"training", "model", "data"})
+        defining = self.cfg.model_dump(mode="json", include={"training", "task", "model", "data"})
         runs.begin(self.out_dir, self.run_id, defining, resuming=ckpt is not None)
         log.info("run", extra=fields(run=self.run_id, resuming=ckpt is not None))
         if ckpt is None:
@@ -87,8 +90,8 @@ class StateStore:
         if header.get("fingerprint") != self.fingerprint:
             raise checkpoint.CheckpointError(
                 f"training.run_id {self.run_id!r}: {self.out_dir}/{checkpoint.CHECKPOINT_NAME} of this run was "
-                "written with other model settings (seed, aggregator, server optimizer, shards, partition or "
-                "model size); restore them, or unset training.run_id (or choose another) to start a new run"
+                "written with other model settings (seed, aggregator, server optimizer, shards, partition, "
+                "model size or learning task); restore them, or unset training.run_id (or choose another) to start a new run"
             )
         state = self.codec.decode(int(header["round"]), ckpt.parts)
         rng.bit_generator.state = header["rng"]

@@ -7,10 +7,19 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "task")
+    class TaskEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    task: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("client_id", "shard_index", "num_shards")
@@ -29,7 +38,7 @@ class TaskRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("kind", "round", "task_id", "payload_bytes", "layout", "deadline_s", "secure")
+    __slots__ = ("kind", "round", "task_id", "payload_bytes", "layout", "deadline_s", "secure", "evaluate")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[TaskHeader.Kind]
@@ -47,6 +56,7 @@ class TaskHeader(_message.Message):
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     SECURE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
     kind: TaskHeader.Kind
     round: int
     task_id: str
@@ -54,7 +64,8 @@ class TaskHeader(_message.Message):
     layout: str
     deadline_s: float
     secure: SecureParams
-    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., layout: _Optional[str] = ..., deadline_s: _Optional[float] = ..., secure: _Optional[_Union[SecureParams, _Mapping]] = ...) -> None: ...
+    evaluate: bool
+    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., layout: _Optional[str] = ..., deadline_s: _Optional[float] = ..., secure: _Optional[_Union[SecureParams, _Mapping]] = ..., evaluate: bool = ...) -> None: ...
 
 class SecureParams(_message.Message):
     __slots__ = ("version", "clients", "threshold", "neighbours", "bits", "clip", "max_weight", "phase_timeout_s")
