@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import pulumi
 from pulumi_policy import (
     EnforcementLevel,
     PolicyConfigSchema,
@@ -26,7 +27,11 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+from pydantic import ValidationError
 
+from infra.stack_files import project_name
+from infra.stack_inputs import DEPLOYMENT_KEY
+from infra.stack_schema import DeploymentSettings
 from policy import checks
 
 PACK_NAME = "tff-k8s"
@@ -38,13 +43,6 @@ ALLOW_LOAD_BALANCER = "allowLoadBalancer"
 def stack_deployment() -> Any | None:
     """The stack's validated ``tff-k8s:deployment`` settings, when the CLI handed the pack its stack
     config; None when there is none or it does not validate (then the program fails on its own)."""
-    import pulumi
-    from pydantic import ValidationError
-
-    from infra.mocked import project_name
-    from infra.stack_config import DeploymentSettings
-    from infra.stack_inputs import DEPLOYMENT_KEY
-
     try:
         raw = pulumi.Config(project_name()).get_object(DEPLOYMENT_KEY)
     except Exception:  # no runtime settings, or malformed JSON

@@ -23,9 +23,9 @@ from engine_stack import (
     target_overrides,
 )
 
-from infra.mocked import stack_config
 from infra.quota import max_pods
 from infra.stack_config import parse
+from infra.stack_files import stack_config
 
 pytestmark = pytest.mark.engine
 
@@ -98,7 +98,7 @@ class TestDevStack:
     def test_up_creates_everything_and_every_await_completes(
         self, dev: EngineStack, plane: ControlPlane
     ) -> None:
-        from infra.mocked import run_program
+        from infra.harness.mocked import run_program
 
         with clock("up (create)"):
             result = dev.up(policy_config=dev.policy_config())

@@ -34,7 +34,8 @@ from policy_harness import (
 from pulumi_policy import EnforcementLevel
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
-from infra.mocked import run_program, stack_config
+from infra.harness.mocked import run_program
+from infra.stack_files import stack_config
 from policy import checks
 from policy.tff_policies import (
     CONTAINER_RESOURCES,
