@@ -17,7 +17,7 @@ from infra.quantity import byte_count
 from infra.stack_config import StackConfigError
 from infra.stack_files import REPO_ROOT, stack_config
 from infra.stack_inputs import IMAGE_REF_ENV
-from policy.checks import evictable
+from policy.stack_checks import evictable
 
 EXPECTED_KINDS = {
     "Namespace": 1,
