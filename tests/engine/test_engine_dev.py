@@ -11,7 +11,6 @@ from typing import Any
 
 import pulumi
 import pytest
-from conftest import Clock
 from engine_cluster import ControlPlane
 from engine_stack import (
     PACK_RAN,
@@ -22,6 +21,7 @@ from engine_stack import (
     k8s_resources,
     target_overrides,
 )
+from engine_timings import Clock
 
 from infra.quota import max_pods
 from infra.stack_config import parse
