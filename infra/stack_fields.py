@@ -1,5 +1,6 @@
 """The value types the stack schema is built from, each with the check that fails a bad value with its
-fix: a strict model base, DNS names, CIDR blocks, host:port addresses. Imports pydantic only."""
+fix: a strict model base, DNS names, Kubernetes quantities, CIDR blocks, host:port addresses. Imports
+pydantic only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from infra.quantity import byte_count, cpu_millis
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -34,6 +37,20 @@ def _dns_subdomain(value: str) -> str:
 
 
 DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
+
+
+def _cpu(value: str) -> str:
+    cpu_millis(value)
+    return value
+
+
+def _bytes(value: str) -> str:
+    byte_count(value)
+    return value
+
+
+CpuQuantity = Annotated[str, AfterValidator(_cpu)]  # e.g. 500m or 2
+ByteQuantity = Annotated[str, AfterValidator(_bytes)]  # e.g. 512Mi or 4Gi
 
 
 def cidr_block(text: str, example: str, what: str, name: str) -> str:

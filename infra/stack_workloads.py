@@ -10,24 +10,12 @@ from pydantic import Field, field_validator, model_validator
 
 from infra.image_ref import check_image
 from infra.quantity import byte_count, cpu_millis
-from infra.stack_fields import DnsLabel, DnsSubdomain, Strict, cidr_blocks
+from infra.stack_fields import ByteQuantity, CpuQuantity, DnsLabel, DnsSubdomain, Strict, cidr_blocks
 
 
 class Compute(Strict):
-    cpu: str = Field(description="CPU quantity, e.g. 500m or 2.")
-    memory: str = Field(description="Memory quantity, e.g. 512Mi or 4Gi.")
-
-    @field_validator("cpu")
-    @classmethod
-    def _cpu(cls, v: str) -> str:
-        cpu_millis(v)
-        return v
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, v: str) -> str:
-        byte_count(v)
-        return v
+    cpu: CpuQuantity = Field(description="CPU quantity, e.g. 500m or 2.")
+    memory: ByteQuantity = Field(description="Memory quantity, e.g. 512Mi or 4Gi.")
 
 
 class Resources(Strict):
@@ -87,26 +75,14 @@ class Image(Strict):
 
 
 class Storage(Strict):
-    size: str = Field(default="1Gi", description="Checkpoint volume size.")
+    size: ByteQuantity = Field(default="1Gi", description="Checkpoint volume size.")
     storage_class: str | None = Field(
         default=None, description="StorageClass of the checkpoint claim (default: the cluster's)."
     )
 
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        byte_count(v)
-        return v
-
 
 class Scratch(Strict):
-    tmp_size: str = Field(default="1Gi", description="sizeLimit of the /tmp emptyDir.")
-
-    @field_validator("tmp_size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        byte_count(v)
-        return v
+    tmp_size: ByteQuantity = Field(default="1Gi", description="sizeLimit of the /tmp emptyDir.")
 
 
 class ServerDeployment(Scratch):
