@@ -13,7 +13,7 @@ from infra.labels import CLIENT, Labels
 from infra.meta import child, logical, object_meta
 from infra.mounts import VolumeSources, volumes_and_mounts
 from infra.pod_spec import federation_container, federation_pod_spec
-from infra.stack_config import StackConfig
+from infra.stack_schema import StackConfig
 
 core, apps, meta_v1 = k8s.core.v1, k8s.apps.v1, k8s.meta.v1
 

@@ -18,8 +18,8 @@ import pulumi_kubernetes as k8s
 from infra import layout
 from infra.labels import Labels
 from infra.meta import child, logical, object_meta
-from infra.stack_config import StackConfig
 from infra.stack_inputs import Credentials
+from infra.stack_schema import StackConfig
 from services.common.config import FederationConfig, SiloIdentity
 
 core = k8s.core.v1

@@ -4,7 +4,9 @@ problem as (key, message), the key naming where to fix it. Pure Python, no Pulum
 from __future__ import annotations
 
 from infra.clusters import HUB
-from infra.stack_config import KubernetesTarget, StackConfig, ip_literal
+from infra.stack_fields import ip_literal
+from infra.stack_schema import StackConfig
+from infra.stack_workloads import KubernetesTarget
 
 
 def _cluster(target: KubernetesTarget) -> tuple[str | None, str | None]:

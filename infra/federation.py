@@ -12,8 +12,8 @@ from infra.namespace import FederationNamespace
 from infra.network import NetworkIsolation, hub_ingress, in_cluster_link
 from infra.quota import Workloads
 from infra.server import FederationServer
-from infra.stack_config import StackConfig
 from infra.stack_inputs import Credentials
+from infra.stack_schema import StackConfig
 from services.common.config import SiloIdentity
 
 

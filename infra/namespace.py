@@ -8,7 +8,7 @@ import pulumi_kubernetes as k8s
 from infra.labels import Labels
 from infra.meta import child, logical, object_meta
 from infra.quota import Workloads, container_max, quota_hard
-from infra.stack_config import DeploymentSettings
+from infra.stack_schema import DeploymentSettings
 
 core = k8s.core.v1
 POD_SECURITY = {

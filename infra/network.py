@@ -14,7 +14,8 @@ import pulumi_kubernetes as k8s
 
 from infra.labels import CLIENT, SERVER, Labels
 from infra.meta import child, logical, object_meta
-from infra.stack_config import PeerSelector, Silo, StackConfig
+from infra.stack_schema import Silo, StackConfig
+from infra.stack_workloads import PeerSelector
 
 net, meta_v1 = k8s.networking.v1, k8s.meta.v1
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by Kubernetes on every namespace

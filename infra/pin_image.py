@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from infra.image_ref import check_image
-from infra.mocked import REPO_ROOT, project_name
 from infra.stack_config import StackConfigError, parse
+from infra.stack_files import REPO_ROOT, project_name
 
 # A block-mapping line: indentation, key (up to the first ': ' or a final ':'), the rest.
 _LINE = re.compile(r"^(?P<indent> *)(?P<key>[^\s#-][^#]*?):(?=\s|$)(?P<rest>.*)$")

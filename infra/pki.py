@@ -18,9 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from infra.meta import child
-from infra.mocked import is_placeholder
-from infra.stack_config import StackConfig, ip_literal
+from infra.placeholders import is_placeholder
+from infra.stack_fields import ip_literal
 from infra.stack_inputs import CA_CERT, CERT, KEY, Credentials
+from infra.stack_schema import StackConfig
 from services.common.config import SiloIdentity
 
 KEY_ALGORITHM = tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P256")

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import layout
-from infra.stack_config import Resources
+from infra.stack_workloads import Resources
 from services.common.health import LIVE, READY
 
 core = k8s.core.v1

@@ -17,8 +17,9 @@ from infra.federation import Federation
 from infra.labels import CLIENT, Labels
 from infra.pki import FederationPki
 from infra.silo import FederationSilo
-from infra.stack_config import KubernetesTarget, StackConfig
 from infra.stack_inputs import read_credentials, read_stack_config
+from infra.stack_schema import StackConfig
+from infra.stack_workloads import KubernetesTarget
 
 
 def provider(cluster: str, target: KubernetesTarget) -> k8s.Provider:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from infra.quantity import byte_count, cpu_millis, format_bytes, format_cpu
-from infra.stack_config import ClientDeployment, DeploymentSettings, Resources
+from infra.stack_schema import DeploymentSettings
+from infra.stack_workloads import ClientDeployment, Resources
 
 
 def _sum(items: list[tuple[int, Resources]], side: str) -> dict[str, str]:

@@ -3,7 +3,7 @@
 A cross-silo stack writes one folder per cluster (``hub/``, ``<silo>/``); a single-cluster stack's files
 lie directly in DIR.
 
-The same program as ``pulumi up``, run under Pulumi mocks (:mod:`infra.mocked`) with the committed
+The same program as ``pulumi up``, run under Pulumi mocks (:mod:`infra.harness.mocked`) with the committed
 ``Pulumi.<stack>.yaml``: one file per Kubernetes resource, named ``<kind>-<namespace>-<name>.yaml``
 (``<kind>-<name>.yaml`` for cluster-scoped objects), keys sorted, so two renders of the same commit
 are byte-identical and a diff shows exactly what a change does. For review, diffing and scanners
@@ -24,7 +24,12 @@ from typing import Any
 
 import yaml
 
-from infra.mocked import REPO_ROOT, Resource, is_placeholder, run_program
+from infra.clusters import HUB
+from infra.declared import Resource
+from infra.harness.mocked import run_program
+from infra.manifests import by_cluster, to_manifest
+from infra.placeholders import is_placeholder
+from infra.stack_files import REPO_ROOT
 
 HEADER = "# Rendered by `tff-k8s render --stack {stack}` from Pulumi.{stack}.yaml under Pulumi mocks. Do not edit.\n"
 _HEADER_PREFIX = "# Rendered by `tff-k8s render"
@@ -64,8 +69,6 @@ def manifest(resource: Resource) -> dict[str, Any]:
     A secret path redacts its whole top-level field (``stringData.ca.crt`` -> ``stringData``: keys
     may contain dots), and a Secret's ``data``/``stringData`` are redacted even if nothing marked them.
     """
-    from infra.manifests import to_manifest
-
     inputs = dict(resource.inputs)
     fields = {path.split("[", 1)[0].split(".", 1)[0] for path in resource.secret_paths}
     if resource.type == SECRET_TYPE:
@@ -94,8 +97,6 @@ def render(stack: str, root: Path = REPO_ROOT) -> dict[str, str]:
     run = run_program(stack, root=root, secrets=None, check=False)
     if run.error is not None:
         raise RenderError(f"stack {stack!r} cannot be rendered:\n{run.error}")
-    from infra.clusters import HUB, by_cluster
-
     clusters = by_cluster(run)
     files: dict[str, str] = {}
     for cluster, resources in clusters.items():

@@ -12,7 +12,7 @@ from infra.labels import SERVER, Labels
 from infra.meta import child, object_meta
 from infra.mounts import VolumeSources, volumes_and_mounts
 from infra.pod_spec import federation_container, federation_pod_spec
-from infra.stack_config import StackConfig
+from infra.stack_schema import StackConfig
 
 core = k8s.core.v1
 

@@ -13,8 +13,8 @@ from infra.namespace import FederationNamespace
 from infra.network import NetworkIsolation, silo_egress
 from infra.pki import SiloMaterial
 from infra.quota import Workloads
-from infra.stack_config import Silo, StackConfig
 from infra.stack_inputs import Credentials
+from infra.stack_schema import Silo, StackConfig
 
 
 class FederationSilo(pulumi.ComponentResource):

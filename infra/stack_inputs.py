@@ -14,7 +14,8 @@ from typing import Any
 
 import pulumi
 
-from infra.stack_config import DeploymentSettings, StackConfig, StackConfigError, parse
+from infra.stack_config import StackConfigError, parse
+from infra.stack_schema import DeploymentSettings, StackConfig
 
 DEPLOYMENT_KEY = "deployment"
 FEDERATION_KEY = "federation"
@@ -24,7 +25,7 @@ FEDERATION_KEY = "federation"
 # digest its stack file pins (written by a reviewed pull request, .github/workflows/publish.yml).
 IMAGE_REF_ENV = "TFF_K8S_IMAGE_REF"
 # The environment the program reads that variable from: the process's, except under Pulumi mocks
-# (infra/mocked.py sets its own per run, so a shell's variable never leaks into tests or renders).
+# (infra/harness/mocked.py sets its own per run, so a shell's variable never leaks into tests or renders).
 ENVIRON: ContextVar[Mapping[str, str]] = ContextVar("environ", default=os.environ)
 
 # Stack secret -> file name inside the Secret it lands in (the mounted file is renamed to the

@@ -1,5 +1,7 @@
 """tff-k8s's Pulumi CrossGuard policy pack (``pulumi preview --policy-pack policy``).
 
-``checks`` holds the rules as pure functions, ``tff_policies`` the pulumi-policy objects built on them,
-``pack_config`` the per-stack policy config, and ``__main__`` (run by the Pulumi CLI) only builds the pack.
+``resource_checks`` and ``stack_checks`` hold the rules as pure functions (``objects`` reads the
+Kubernetes objects they judge), ``tff_policies`` the pulumi-policy objects built on them, ``pack_config``
+the per-stack policy config, ``scan`` checkov over the rendered stacks, and ``__main__`` (run by the
+Pulumi CLI) only builds the pack.
 """

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.mocked import REPO_ROOT, project_name, stack_config
-from infra.stack_config import DeploymentSettings
+from infra.stack_files import REPO_ROOT, project_name, stack_config
+from infra.stack_schema import DeploymentSettings
 from policy.tff_policies import ALLOW_LOAD_BALANCER, IMAGES_PINNED, NO_LOAD_BALANCER, REQUIRE_DIGEST
 
 

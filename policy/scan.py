@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from infra.render import render, write
+
 SKIPS_FILE = Path(__file__).resolve().parent / "checkov-skips.yaml"
 _OFFLINE_ENV = {"BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
 _CREDENTIAL_ENV = ("BC_API_KEY", "PRISMA_API_URL", "BC_API_URL")
@@ -77,6 +79,7 @@ def scan(directory: Path) -> Scan:
     for key in _CREDENTIAL_ENV:
         os.environ.pop(key, None)
     os.environ.update(_OFFLINE_ENV)
+    # checkov reads these variables when its modules load: imported only once they are set.
     from checkov.common.bridgecrew.platform_integration import bc_integration
     from checkov.kubernetes.runner import Runner
     from checkov.runner_filter import RunnerFilter
@@ -105,8 +108,6 @@ def judge(stack: str, result: Scan, skips: Sequence[Skip]) -> Verdict:
 
 
 def scan_stack(stack: str, skips: Sequence[Skip] | None = None) -> Verdict:
-    from infra.render import render, write
-
     with tempfile.TemporaryDirectory(prefix=f"tff-k8s-{stack}-") as tmp:
         write(render(stack), Path(tmp))
         return judge(stack, scan(Path(tmp)), load_skips() if skips is None else skips)

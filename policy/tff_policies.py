@@ -1,4 +1,5 @@
-"""The tff-k8s CrossGuard policies: the checks of :mod:`policy.checks` as pulumi-policy objects.
+"""The tff-k8s CrossGuard policies: the checks of :mod:`policy.resource_checks` and
+:mod:`policy.stack_checks` as pulumi-policy objects.
 
 ``policy/__main__.py`` builds the pack from :data:`POLICIES`; the tests import this module and call
 each policy's ``validate`` the way the Pulumi engine does. Every policy is mandatory: a violation
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import pulumi
 from pulumi_policy import (
     EnforcementLevel,
     PolicyConfigSchema,
@@ -26,8 +28,14 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+from pydantic import ValidationError
 
-from policy import checks
+from infra.stack_files import project_name
+from infra.stack_inputs import DEPLOYMENT_KEY
+from infra.stack_schema import DeploymentSettings
+from policy import resource_checks, stack_checks
+from policy.objects import kind_of
+from policy.stack_checks import Declared, Finding
 
 PACK_NAME = "tff-k8s"
 ENFORCEMENT = EnforcementLevel.MANDATORY
@@ -38,13 +46,6 @@ ALLOW_LOAD_BALANCER = "allowLoadBalancer"
 def stack_deployment() -> Any | None:
     """The stack's validated ``tff-k8s:deployment`` settings, when the CLI handed the pack its stack
     config; None when there is none or it does not validate (then the program fails on its own)."""
-    import pulumi
-    from pydantic import ValidationError
-
-    from infra.mocked import project_name
-    from infra.stack_config import DeploymentSettings
-    from infra.stack_inputs import DEPLOYMENT_KEY
-
     try:
         raw = pulumi.Config(project_name()).get_object(DEPLOYMENT_KEY)
     except Exception:  # no runtime settings, or malformed JSON
@@ -76,7 +77,7 @@ ResourceCheck = Callable[[str, Mapping[str, Any], Mapping[str, Any]], list[str]]
 
 def _resource_validation(check: ResourceCheck) -> Callable[[ResourceValidationArgs, ReportViolation], None]:
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-        kind = checks.kind_of(args.resource_type)
+        kind = kind_of(args.resource_type)
         if kind is None:
             return
         for problem in check(kind, args.props, args.get_config()):
@@ -92,15 +93,15 @@ def _resource_policy(
 
 
 def _stack_validation(
-    check: Callable[[list[checks.Declared]], list[checks.Finding]],
+    check: Callable[[list[Declared]], list[Finding]],
 ) -> Callable[[StackValidationArgs, ReportViolation], None]:
     def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
         declared = []
         for resource in args.resources:
-            kind = checks.kind_of(resource.resource_type)
+            kind = kind_of(resource.resource_type)
             if kind is not None:
                 cluster = resource.provider.urn if resource.provider is not None else ""
-                declared.append(checks.Declared(kind, resource.props, resource.urn, cluster))
+                declared.append(Declared(kind, resource.props, resource.urn, cluster))
         for finding in check(declared):
             report_violation(finding.message, finding.urn or None)
 
@@ -110,7 +111,7 @@ def _stack_validation(
 CONTAINER_RESOURCES = _resource_policy(
     "container-resources",
     "Every container and init container sets cpu and memory requests and limits.",
-    lambda kind, props, _config: checks.container_resources(kind, props),
+    lambda kind, props, _config: resource_checks.container_resources(kind, props),
     remediation_steps="Set resources.requests and resources.limits (cpu and memory) on every container.",
 )
 
@@ -118,13 +119,13 @@ POD_SECURITY_RESTRICTED = _resource_policy(
     "pod-security-restricted",
     'Pods meet Pod Security "restricted": non-root, no privilege escalation, all capabilities dropped, '
     "read-only root filesystem, RuntimeDefault seccomp, no host namespaces or hostPath volumes.",
-    lambda kind, props, _config: checks.pod_security_restricted(kind, props),
+    lambda kind, props, _config: resource_checks.pod_security_restricted(kind, props),
 )
 
 IMAGES_PINNED = _resource_policy(
     "images-pinned",
     "Container images carry a tag or digest, never 'latest'; prod stacks pin every image by digest.",
-    lambda kind, props, config: checks.image_pinned(kind, props, require_digest=require_digest(config)),
+    lambda kind, props, config: resource_checks.image_pinned(kind, props, require_digest=require_digest(config)),
     config_schema=PolicyConfigSchema(
         properties={
             REQUIRE_DIGEST: {
@@ -139,7 +140,7 @@ IMAGES_PINNED = _resource_policy(
 NO_LOAD_BALANCER = _resource_policy(
     "no-load-balancer-services",
     "No Service of type LoadBalancer unless the stack config allows it (deployment.network.allow_load_balancer).",
-    lambda kind, props, config: checks.no_load_balancer(kind, props, allowed=allow_load_balancer(config)),
+    lambda kind, props, config: resource_checks.no_load_balancer(kind, props, allowed=allow_load_balancer(config)),
     config_schema=PolicyConfigSchema(
         properties={
             ALLOW_LOAD_BALANCER: {
@@ -155,11 +156,11 @@ RECOMMENDED_LABELS = _resource_policy(
     "recommended-labels",
     "Every Kubernetes object, and the Pods it runs, carries the app.kubernetes.io/name, instance, "
     "component, part-of and managed-by labels.",
-    lambda kind, props, _config: checks.recommended_labels(kind, props),
+    lambda kind, props, _config: resource_checks.recommended_labels(kind, props),
 )
 
 def _stack_policy(
-    name: str, description: str, check: Callable[[list[checks.Declared]], list[checks.Finding]]
+    name: str, description: str, check: Callable[[list[Declared]], list[Finding]]
 ) -> StackValidationPolicy:
     return StackValidationPolicy(name, description, _stack_validation(check), ENFORCEMENT)
 
@@ -168,21 +169,21 @@ NAMESPACE_DEFAULT_DENY = _stack_policy(
     "namespace-default-deny",
     "Every namespace the stack declares or runs Pods in has a default-deny NetworkPolicy "
     "(all Pods, Ingress and Egress, no rules).",
-    checks.namespace_default_deny,
+    stack_checks.namespace_default_deny,
 )
 
 SERVER_CHECKPOINT_VOLUME = _stack_policy(
     "server-checkpoint-volume",
     "The federation server Pod mounts a writable persistent volume, from a claim the stack "
     "declares, for its checkpoints.",
-    checks.server_checkpoint_volume,
+    stack_checks.server_checkpoint_volume,
 )
 
 DISRUPTION_BUDGETS_ALLOW_EVICTION = _stack_policy(
     "disruption-budgets-allow-eviction",
     "No PodDisruptionBudget forbids every eviction of the workload it selects (minAvailable "
     "as high as its replicas, or maxUnavailable 0): node drains would never finish.",
-    checks.disruption_budgets_allow_eviction,
+    stack_checks.disruption_budgets_allow_eviction,
 )
 
 RESOURCE_POLICIES: list[ResourceValidationPolicy] = [

@@ -27,8 +27,9 @@ from typing import Any
 
 import yaml
 
+from infra.harness.mocked import run_program
 from infra.manifests import manifests as to_manifests
-from infra.mocked import REPO_ROOT, run_program, stack_config
+from infra.stack_files import REPO_ROOT, stack_config
 
 IMAGES_SCRIPT = REPO_ROOT / "tests" / "containers" / "images.sh"
 SETUP_SCRIPT = REPO_ROOT / "tests" / "containers" / "setup.sh"

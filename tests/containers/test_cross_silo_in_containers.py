@@ -35,9 +35,10 @@ from kube import (
 from support.pki import issue_client, make_pki
 from support.prometheus import metric
 
-from infra.clusters import HUB, cluster_manifests
-from infra.mocked import stack_config
+from infra.clusters import HUB
+from infra.harness.mocked import cluster_manifests
 from infra.stack_config import parse
+from infra.stack_files import stack_config
 from services.runner.loopback import free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]

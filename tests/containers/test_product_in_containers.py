@@ -34,8 +34,9 @@ from support.grpc_health import health_status as health
 from support.pki import make_pki
 from support.prometheus import metric
 
-from infra.mocked import stack_config
-from infra.stack_config import StackConfig, parse
+from infra.stack_config import parse
+from infra.stack_files import stack_config
+from infra.stack_schema import StackConfig
 from services.common.health import LIVE, READY
 
 # The first test also builds the image (cold: debootstrap and a full build, several minutes).

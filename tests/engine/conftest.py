@@ -7,14 +7,12 @@ say how to build them, except under ``CI=true``, where a missing tool is an erro
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from engine_cluster import ControlPlane, engine_cache, missing_tools, tool_versions
-
-TIMINGS: dict[str, float] = {}
+from engine_timings import TIMINGS
 
 
 def _require_tools() -> None:
@@ -50,25 +48,6 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Pulumi home, the file backend and the stacks' project directories, for the whole session."""
     return Path(tmp_path_factory.mktemp("engine-pulumi"))
-
-
-class Clock:
-    """Times each CLI command of a test; the totals are printed at the end of the session."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def __call__(self, label: str):  # noqa: ANN204 - a context manager
-        prefix = self.prefix
-
-        class _Timer:
-            def __enter__(self) -> None:
-                self.start = time.monotonic()
-
-            def __exit__(self, *exc: object) -> None:
-                TIMINGS[f"{prefix}: {label}"] = time.monotonic() - self.start
-
-        return _Timer()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pulumi
 import pytest
-from conftest import Clock
 from engine_cluster import ControlPlane
 from engine_stack import (
     PACK_RAN,
@@ -22,10 +21,11 @@ from engine_stack import (
     k8s_resources,
     target_overrides,
 )
+from engine_timings import Clock
 
-from infra.mocked import stack_config
 from infra.quota import max_pods
 from infra.stack_config import parse
+from infra.stack_files import stack_config
 
 pytestmark = pytest.mark.engine
 
@@ -98,7 +98,7 @@ class TestDevStack:
     def test_up_creates_everything_and_every_await_completes(
         self, dev: EngineStack, plane: ControlPlane
     ) -> None:
-        from infra.mocked import run_program
+        from infra.harness.mocked import run_program
 
         with clock("up (create)"):
             result = dev.up(policy_config=dev.policy_config())

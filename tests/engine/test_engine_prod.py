@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Clock
 from engine_cluster import ControlPlane
 from engine_stack import PACK_RAN, EngineStack, is_ready, k8s_resources, target_overrides
+from engine_timings import Clock
 
 pytestmark = pytest.mark.engine
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import yaml
 
-from infra.clusters import by_cluster
-from infra.manifests import to_manifest
-from infra.mocked import MockedRun, run_program, stack_config
+from infra.declared import MockedRun
+from infra.harness.mocked import run_program
+from infra.manifests import by_cluster, to_manifest
+from infra.stack_files import stack_config
 
 STACK = "crosssilo"
 DEPLOYMENT, FEDERATION = "tff-k8s:deployment", "tff-k8s:federation"

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from infra.declared import MockedRun
+from infra.harness.mocked import run_program
 from infra.manifests import manifests, pod_spec
-from infra.mocked import MockedRun, run_program, stack_config
-from infra.stack_config import StackConfig, parse
+from infra.stack_config import parse
+from infra.stack_files import stack_config
+from infra.stack_schema import StackConfig
 
 STACKS = ("dev", "prod")
 

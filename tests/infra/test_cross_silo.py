@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from infra import layout
-from infra.clusters import HUB, PROVIDER_TYPE, by_cluster, cluster_manifests
-from infra.mocked import run_program
+from infra.clusters import HUB, PROVIDER_TYPE
+from infra.harness.mocked import cluster_manifests, run_program
+from infra.manifests import by_cluster
 
 SILOS = ("silo-a", "silo-b")
 NAMESPACES = {HUB: "tff-hub", "silo-a": "tff-silo", "silo-b": "tff-silo"}
@@ -278,7 +279,7 @@ def test_the_documented_prod_shaped_example_deploys_under_mocks() -> None:
 
     import yaml
 
-    from infra.mocked import REPO_ROOT
+    from infra.stack_files import REPO_ROOT
 
     docs = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
     section = docs.split("### A prod-shaped cross-silo stack", 1)[1]

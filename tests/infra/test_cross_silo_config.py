@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from cross_silo_stack import STACK, Edit, config
 
-from infra.mocked import run_program
+from infra.harness.mocked import run_program
 from infra.stack_config import StackConfigError
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.mocked import REPO_ROOT
+from infra.stack_files import REPO_ROOT
 
 # One stand-in for every tool; it logs its name, arguments and the image override it was given.
 STUB = r"""#!/bin/sh

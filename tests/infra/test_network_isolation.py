@@ -10,9 +10,10 @@ from typing import Any, NamedTuple
 
 from infra_stacks import Declared
 
+from infra.harness.mocked import run_program
 from infra.manifests import pod_labels
-from infra.mocked import run_program, stack_config
 from infra.stack_config import parse
+from infra.stack_files import stack_config
 
 NS_LABEL = "kubernetes.io/metadata.name"
 

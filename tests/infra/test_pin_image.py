@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.mocked import REPO_ROOT, run_program
+from infra.harness.mocked import run_program
 from infra.pin_image import PinError, main, pin_text
+from infra.stack_files import REPO_ROOT
 
 PUSHED = "ghcr.io/someone/tff-k8s:v0.2.0@sha256:" + "4e" * 32
 

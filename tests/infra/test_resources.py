@@ -10,12 +10,14 @@ import kubernetes_validate
 from infra_stacks import Declared, declared
 from kubernetes_validate import utils
 
+from infra.declared import MockedRun
+from infra.harness.mocked import run_program
 from infra.manifests import pod_spec, to_manifest
-from infra.mocked import REPO_ROOT, MockedRun, run_program, stack_config
 from infra.quantity import byte_count
 from infra.stack_config import StackConfigError
+from infra.stack_files import REPO_ROOT, stack_config
 from infra.stack_inputs import IMAGE_REF_ENV
-from policy.checks import evictable
+from policy.stack_checks import evictable
 
 EXPECTED_KINDS = {
     "Namespace": 1,
@@ -256,7 +258,7 @@ def test_stack_outputs(stack: Declared) -> None:
 def test_program_never_imports_tensorflow(stack: Declared) -> None:
     # In a fresh interpreter: other test modules in the same session may have imported TensorFlow.
     probe = (
-        "import sys; from infra.mocked import run_program; "
+        "import sys; from infra.harness.mocked import run_program; "
         f"run = run_program({stack.stack!r}); assert run.resources, 'nothing declared'; "
         "bad = sorted(m for m in ('tensorflow', 'tensorflow_federated') if m in sys.modules); "
         "assert not bad, bad"

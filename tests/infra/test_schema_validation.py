@@ -6,8 +6,9 @@ import copy
 
 import pytest
 
-from infra.mocked import run_program, stack_config
+from infra.harness.mocked import run_program
 from infra.stack_config import StackConfigError
+from infra.stack_files import stack_config
 from infra.stack_inputs import SECRET_KEYS
 
 DEPLOYMENT, FEDERATION = "tff-k8s:deployment", "tff-k8s:federation"

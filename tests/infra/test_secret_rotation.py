@@ -11,7 +11,8 @@ from functools import cache
 import pytest
 
 from infra.config_objects import SECRETS_DIGEST_ANNOTATION
-from infra.mocked import MockedRun, run_program
+from infra.declared import MockedRun
+from infra.harness.mocked import run_program
 from infra.stack_inputs import SECRET_KEYS
 
 BASE = {f"tff-k8s:{k}": f"random-{k}-0f3c9a" for k in SECRET_KEYS}

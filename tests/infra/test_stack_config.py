@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from infra.image_ref import check_image, parse_image
-from infra.mocked import stack_config
 from infra.quantity import byte_count, cpu_millis, format_bytes, format_cpu
 from infra.stack_config import StackConfigError, parse
+from infra.stack_files import stack_config
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.mocked import REPO_ROOT
+from infra.stack_files import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 PROGRAM_UNDER_MOCKS = """
-from infra.mocked import run_program
+from infra.harness.mocked import run_program
 run = run_program("dev")
 kinds = sorted({r.type for r in run.resources})
 assert "kubernetes:core/v1:Pod" in kinds and "kubernetes:apps/v1:Deployment" in kinds, kinds

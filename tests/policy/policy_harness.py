@@ -25,7 +25,7 @@ from pulumi_policy import (
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 from pulumi_policy.proxy import unknown_checking_proxy
 
-from infra.mocked import Resource
+from infra.declared import Resource
 from policy.tff_policies import ENFORCEMENT, PACK_NAME, POLICIES
 
 POD = "kubernetes:core/v1:Pod"

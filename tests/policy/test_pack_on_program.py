@@ -19,7 +19,9 @@ import yaml
 from policy_harness import analyze, resource_violations, stack_violations
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
-from infra.mocked import REPO_ROOT, MockedRun, Resource, run_program
+from infra.declared import MockedRun, Resource
+from infra.harness.mocked import run_program
+from infra.stack_files import REPO_ROOT
 from policy.pack_config import main as pack_config_main
 from policy.pack_config import pack_config
 from policy.tff_policies import ENFORCEMENT, PACK_NAME, POLICIES, RESOURCE_POLICIES, STACK_POLICIES

@@ -34,8 +34,9 @@ from policy_harness import (
 from pulumi_policy import EnforcementLevel
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
-from infra.mocked import run_program, stack_config
-from policy import checks
+from infra.harness.mocked import run_program
+from infra.stack_files import stack_config
+from policy import objects, stack_checks
 from policy.tff_policies import (
     CONTAINER_RESOURCES,
     DISRUPTION_BUDGETS_ALLOW_EVICTION,
@@ -87,7 +88,7 @@ def test_the_pack_has_every_mandatory_policy_once() -> None:
     ],
 )
 def test_only_whole_kubernetes_objects_are_checked(type_: str, kind: str | None) -> None:
-    assert checks.kind_of(type_) == kind
+    assert objects.kind_of(type_) == kind
 
 
 @pytest.mark.parametrize("policy", RESOURCE_POLICIES, ids=lambda p: p.name)
@@ -448,7 +449,7 @@ def _budget(**spec: Any) -> dict[str, Any]:
     ],
 )
 def test_a_budget_that_lets_a_drain_evict_passes(spec: dict[str, Any], evictable: int) -> None:
-    assert checks.evictable(spec, 3) == evictable
+    assert stack_checks.evictable(spec, 3) == evictable
     assert stack_violations(DISRUPTION_BUDGETS_ALLOW_EVICTION, [*compliant_stack(), (PDB, _budget(**spec))]) == []
 
 

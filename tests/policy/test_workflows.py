@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.mocked import REPO_ROOT
+from infra.stack_files import REPO_ROOT
 from services.cli import COMMANDS
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"

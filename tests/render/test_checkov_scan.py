@@ -19,8 +19,8 @@ import yaml
 from rendered import ALL_STACKS as STACKS
 from rendered import rendered
 
-from infra.mocked import REPO_ROOT
 from infra.render import write
+from infra.stack_files import REPO_ROOT
 from policy.scan import SKIPS_FILE, Failure, Scan, judge, load_skips
 
 DRIVER = """

@@ -14,10 +14,11 @@ import yaml
 from rendered import CROSS_SILO_STACKS, STACKS, rendered
 
 from infra import render as render_module
-from infra.clusters import by_cluster
-from infra.manifests import is_kubernetes, to_manifest
-from infra.mocked import REPO_ROOT, MockedRun, Resource, run_program, stack_config
+from infra.declared import MockedRun, Resource
+from infra.harness.mocked import run_program
+from infra.manifests import by_cluster, is_kubernetes, to_manifest
 from infra.render import HEADER, REDACTED, file_name, main, manifest, write
+from infra.stack_files import REPO_ROOT, stack_config
 from services.cli import main as cli
 
 SECRET = "kubernetes:core/v1:Secret"

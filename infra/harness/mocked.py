@@ -1,91 +1,36 @@
 """Run the Pulumi program against Pulumi mocks and return what it declares: no CLI, no cluster.
 
-Used by the infra tests, ``tff-k8s render`` and the policy pack. Each run gets its own thread, so it
-starts from fresh context variables (Pulumi keeps its settings, config and root stack there) and its
-own event loop: any number of runs, of any stacks, can follow one another in one process.
+Used by ``tff-k8s render`` (infra/render.py, and through it the policy scan) and the tests. Each run gets
+its own thread, so it starts from fresh context variables (Pulumi keeps its settings, config and root
+stack there) and its own event loop: any number of runs, of any stacks, can follow one another in one
+process. The harness imports the program; nothing in the program imports the harness.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pulumi
+from pulumi.runtime import settings
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.stack import run_pulumi_func
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from infra.declared import MockedRun, Resource
+from infra.harness.tls import outputs as tls_outputs
+from infra.manifests import by_cluster, to_manifest
+from infra.placeholders import placeholder
+from infra.program import main as program_main
+from infra.stack_files import REPO_ROOT, project_name, stack_config
+from infra.stack_inputs import DEPLOYMENT_KEY, ENVIRON
+from infra.stack_inputs import secret_keys as stack_secret_keys
+
 _SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc._special_sig_key
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # pulumi.runtime.rpc._special_secret_sig
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One declared resource: its Pulumi type token, logical name and (camelCase) inputs, and the
-    resource options the engine would see (URNs of what it depends on, replacement options)."""
-
-    type: str
-    name: str
-    inputs: dict[str, Any]
-    provider: str = ""
-    parent: str = ""
-    secret_paths: tuple[str, ...] = ()
-    urn: str = ""
-    dependencies: tuple[str, ...] = ()  # explicit depends_on and the resources its inputs come from
-    replace_on_changes: tuple[str, ...] = ()
-    delete_before_replace: bool = False
-
-    @property
-    def parent_type(self) -> str:
-        """The type token of the parent resource (from its URN), e.g. ``tff-k8s:server:FederationServer``."""
-        return self.parent.split("::")[2].split("$")[-1] if self.parent else ""
-
-
-@dataclass
-class MockedRun:
-    stack: str
-    resources: list[Resource] = field(default_factory=list)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    error: BaseException | None = None
-
-    def of_type(self, type_token: str) -> list[Resource]:
-        return [r for r in self.resources if r.type == type_token]
-
-    def one(self, type_token: str, name: str | None = None) -> Resource:
-        found = [r for r in self.of_type(type_token) if name is None or r.name == name]
-        if len(found) != 1:
-            raise LookupError(f"expected one {type_token} {name or ''}, found {[r.name for r in found]}")
-        return found[0]
-
-
-def project_name(root: Path = REPO_ROOT) -> str:
-    return yaml.safe_load((root / "Pulumi.yaml").read_text())["name"]
-
-
-def stack_config(stack: str, root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The ``config:`` mapping of the committed ``Pulumi.<stack>.yaml``."""
-    path = root / f"Pulumi.{stack}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no stack file {path} (stacks: {sorted(p.name for p in root.glob('Pulumi.*.yaml'))})"
-        )
-    return dict((yaml.safe_load(path.read_text()) or {}).get("config") or {})
-
-
-def placeholder(key: str) -> str:
-    return f"<{key}: stack secret, not decrypted under mocks>"
-
-
-_PLACEHOLDER = re.compile(r"^<[^<>]+: stack secret, not decrypted under mocks>$")
-
-
-def is_placeholder(value: object) -> bool:
-    """Whether ``value`` is a :func:`placeholder` (or something made from one), not real material."""
-    return isinstance(value, str) and bool(_PLACEHOLDER.match(value))
 
 
 def _unwrap(value: Any, path: str, secrets: list[str]) -> Any:
@@ -105,9 +50,6 @@ def _unwrap(value: Any, path: str, secrets: list[str]) -> Any:
 def _monitor(run: MockedRun) -> Any:
     """A mock monitor that records every registration with its options (parent, dependencies,
     replacement options), which Mocks alone do not see."""
-    import pulumi
-    from pulumi.runtime.mocks import MockMonitor
-
     requests: dict[tuple[str, str], Any] = {}  # (type, name) -> (urn, RegisterResourceRequest)
 
     class Recorder(pulumi.runtime.Mocks):
@@ -129,9 +71,7 @@ def _monitor(run: MockedRun) -> Any:
                     bool(request.deleteBeforeReplace),
                 )
             )
-            from infra.mocked_tls import outputs
-
-            return f"{args.name}-id", {**args.inputs, **outputs(args.typ, args.name, inputs)}
+            return f"{args.name}-id", {**args.inputs, **tls_outputs(args.typ, args.name, inputs)}
 
         def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
             return {}, []
@@ -154,9 +94,6 @@ def _pulumi_config(
     overrides: Mapping[str, Any] | None,
     secrets: Mapping[str, str] | None,
 ) -> tuple[dict[str, str], list[str]]:
-    from infra.stack_inputs import DEPLOYMENT_KEY
-    from infra.stack_inputs import secret_keys as stack_secret_keys
-
     raw: dict[str, Any] = stack_config(stack, root)
     secret_keys = [k for k, v in raw.items() if isinstance(v, dict) and "secure" in v]
     raw = {k: v for k, v in raw.items() if k not in secret_keys}
@@ -194,16 +131,7 @@ def run_program(
     run = MockedRun(stack)
 
     def body() -> None:
-        import pulumi
-        from pulumi.runtime import settings
-        from pulumi.runtime.stack import run_pulumi_func
-
-        from infra.stack_inputs import ENVIRON
-
-        if program is None:
-            from infra.program import main as entry
-        else:
-            entry = program
+        entry = program_main if program is None else program
         ENVIRON.set(dict(environ or {}))  # this thread's own context: no other run sees it
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -236,5 +164,14 @@ def run_program(
     return run
 
 
-def declared_resources(stack: str, **kwargs: Any) -> list[Resource]:
-    return run_program(stack, **kwargs).resources
+def cluster_manifests(
+    stack: str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, str] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Cluster name -> the manifests ``stack`` declares on it, under mocks, with the stack ``secrets``
+    given (e.g. real test certificates, ``{"tff-k8s:tlsCaCert": pem, ...}``) written into the Secrets as
+    they are (unredacted: for tests only; ``tff-k8s render`` redacts)."""
+    run = run_program(stack, overrides=overrides, secrets=secrets)
+    return {cluster: [to_manifest(r) for r in resources] for cluster, resources in by_cluster(run).items()}

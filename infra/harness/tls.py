@@ -1,4 +1,4 @@
-"""What the ``tls`` provider would return, made under Pulumi mocks (:mod:`infra.mocked`): real keys,
+"""What the ``tls`` provider would return, made under Pulumi mocks (:mod:`infra.harness.mocked`): real keys,
 requests and certificates, so fingerprints and the hub's allowlist are computed exactly as in a real run.
 
 Deterministic, so two renders of one commit are byte-identical: each key is an Ed25519 key derived from
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from infra.mocked import is_placeholder, placeholder
+from infra.placeholders import is_placeholder, placeholder
 
 PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
 SELF_SIGNED = "tls:index/selfSignedCert:SelfSignedCert"
@@ -43,8 +44,6 @@ def _name(subject: Mapping[str, Any] | None) -> x509.Name:
 
 
 def _sans(inputs: Mapping[str, Any]) -> list[x509.GeneralName]:
-    import ipaddress
-
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in inputs.get("dnsNames") or []]
     return names + [x509.IPAddress(ipaddress.ip_address(a)) for a in inputs.get("ipAddresses") or []]
 
