@@ -18,6 +18,7 @@ from infra import layout
 from infra.cross_silo_checks import cross_silo_problems
 from infra.image_ref import check_image
 from infra.stack_schema import StackConfig
+from services.common import config
 from services.common.config import from_mapping
 
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]"}
@@ -79,16 +80,7 @@ _REPLACED = {
 
 
 def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
-    problems = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = _REPLACED.get(key) or (
-                "unknown key (check its spelling against infra/stack_schema.py or services/common/config.py)"
-            )
-        problems.append((key, msg))
-    return problems
+    return config.problems(err, schema="infra/stack_schema.py or services/common/config/", replaced=_REPLACED)
 
 
 def _fail(problems: list[tuple[str, str]]) -> StackConfigError:

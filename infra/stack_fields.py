@@ -8,15 +8,19 @@ import ipaddress
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, ConfigDict
 
 from infra.quantity import byte_count, cpu_millis
+from services.common import config
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+class Strict(config.Strict):
+    """The federation schema's base (unknown keys are errors, frozen), minus its strict types: stack
+    config values may be coerced (a Pulumi config string for a number)."""
+
+    model_config = ConfigDict(strict=False)
 
 
 def _dns_label(value: str) -> str:

@@ -41,8 +41,18 @@ def evaluate(model: tf.keras.Model, arrays: Arrays, loss: tf.keras.losses.Loss,
         for m in metrics:
             m.update_state(y, predictions)
     out = {"eval_loss": loss_sum / len(arrays.y)}
-    out.update({f"eval_{m.name}": float(m.result()) for m in metrics})
+    out.update({f"eval_{m.name}": _result(m) for m in metrics})
     return out
+
+
+def _result(metric: tf.keras.metrics.Metric) -> float:
+    """A metric's value; a mean (accuracy, MAE...: a total and a count) divided in float64, so a
+    share of hits is exactly hits / examples."""
+    names = [v.name.split("/")[-1].split(":")[0] for v in metric.variables]
+    if names == ["total", "count"]:
+        total, count = (float(v.numpy()) for v in metric.variables)
+        return total / count if count else 0.0
+    return float(metric.result())
 
 
 def flat_metrics(unfinalized: Mapping[str, Any]) -> dict[str, float]:

@@ -9,8 +9,9 @@ import tensorflow_federated as tff
 
 from services.common.config import FederationConfig
 from services.common.data import digits_shard
-from services.common.task import Task, client_optimizer, server_optimizer, to_dataset
 from services.common.tff_runtime import TffRuntime
+from services.tasks import federated_task
+from services.tasks.federated import client_optimizer, server_optimizer, to_dataset
 
 
 def reference_weights(cfg: FederationConfig, rounds: int) -> list[np.ndarray]:
@@ -22,7 +23,7 @@ def reference_weights(cfg: FederationConfig, rounds: int) -> list[np.ndarray]:
         for i in range(cfg.num_shards)
     ]
     with TffRuntime(120):
-        task = Task(t, cfg.model)
+        task = federated_task(cfg)
         process = tff.learning.algorithms.build_weighted_fed_avg(
             task.model_fn,
             client_optimizer_fn=client_optimizer(t),

@@ -47,8 +47,9 @@ from services.common.proto import federation_pb2_grpc as pb_grpc
 
 tff = pytest.importorskip("tensorflow_federated")
 
+from support.digits import task as digits_task  # noqa: E402
+
 from services.common import tensors  # noqa: E402  (after TFF: the layout is derived from TFF types)
-from services.common.task import Task  # noqa: E402
 from services.server.aggregation import RoundAggregation, Slots  # noqa: E402
 from services.server.aggregation.mean import Mean  # noqa: E402
 from services.server.coordinator import Coordinator, RoundTask  # noqa: E402
@@ -104,7 +105,7 @@ class Wire:
 
 @pytest.fixture(scope="module")
 def wire() -> Iterator[Wire]:
-    task = Task(TrainingSettings())
+    task = digits_task(TrainingSettings())
     layout = tensors.Layout.of(task.result_type)
     weights_layout = tensors.Layout.of(task.weights_type)
     initial = tensors.flatten(task.initial_weights())
@@ -112,7 +113,7 @@ def wire() -> Iterator[Wire]:
                                          for a, leaf in zip(initial, weights_layout.leaves, strict=True)])
     global_weights = b"".join(global_parts)
     assert global_weights == bytes(weights_layout.encode(initial))
-    other_layout = tensors.Layout.of(Task(TrainingSettings(), ModelSettings(hidden_units=16)).result_type)
+    other_layout = tensors.Layout.of(digits_task(TrainingSettings(), ModelSettings(hidden_units=16)).result_type)
     assert [leaf.path for leaf in layout.leaves] == ["update.0", "update.1", "update.2", "update.3", "update_weight"]
     assert layout.nbytes == 9644 and weights_layout.nbytes == 9640 and other_layout.fingerprint != layout.fingerprint
     assert sum(int(np.prod(leaf.shape)) for leaf in layout.leaves[:-1]) == UPDATE_ELEMENTS

@@ -1,4 +1,4 @@
-"""The server's evaluation of the global model (services/common/task.py): ``evaluate`` runs in
+"""The server's evaluation of the global model (services/tasks/evaluation.py, with the digits task): ``evaluate`` runs in
 batches small enough that a large model's activations stay within a quarter of its size (or
 ``EVAL_MIN_BATCH_ELEMENTS``), and must give what one pass over all examples gives: the mean sparse
 categorical crossentropy from logits and the share of argmax hits, computed here in numpy. The
@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
+from support.digits import evaluate, keras_model, task
 
 from services.common.config import ModelSettings, TrainingSettings
 from services.common.data import NUM_CLASSES, NUM_FEATURES, Arrays, load_digits_split
-from services.common.task import EVAL_MIN_BATCH_ELEMENTS, Task, eval_batch_size, evaluate, keras_model
+from services.tasks.evaluation import EVAL_MIN_BATCH_ELEMENTS, eval_batch_size
 
 WIDE = 4096  # hidden units: the 4 MiB floor gives batches of 256 examples
 WIDER = 60_000  # hidden units: a quarter of the model (about 1.1 M elements) is over the floor
@@ -178,7 +179,7 @@ def test_uninitialized_model_saves_the_same_config(tmp_path: Path) -> None:
 
 def test_uninitialized_model_with_assigned_weights_is_the_model(small: tf.keras.Model, eval_data: Arrays) -> None:
     """As the server uses it: built at zeros, then given the round's weights."""
-    zero = Task(TrainingSettings(), ModelSettings(hidden_units=32)).keras_model(initialized=False)
+    zero = task(TrainingSettings(), ModelSettings(hidden_units=32)).model_to_fill()
     assert all(not k.any() for k in kernels(zero))
     zero.set_weights(small.get_weights())
     np.testing.assert_array_equal(zero(eval_data.x, training=False), small(eval_data.x, training=False))

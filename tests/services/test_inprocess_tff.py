@@ -18,32 +18,33 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
+from support.digits import task as digits_task
 
 from services.client.trainer import ClientUpdate
 from services.common import chunking, tensors
 from services.common.chunking import segments
 from services.common.config import ModelSettings, TrainingSettings
 from services.common.data import digits_shard
-from services.common.task import Task, server_optimizer, to_dataset
 from services.common.tensors import LayoutError
 from services.common.tff_runtime import TffRuntime
 from services.server import algorithm
 from services.server.aggregation import Outcome, Slots, aggregator_for
 from services.server.algorithm import OptimizerStep, ServerAlgorithm
+from services.tasks.federated import FederatedTask, server_optimizer, to_dataset
 
 TRAINING = TrainingSettings(local_epochs=1)
 TOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def task() -> Task:
-    t = Task(TRAINING, ModelSettings())
+def task() -> FederatedTask:
+    t = digits_task(TRAINING, ModelSettings())
     t.weights_type, t.result_type  # noqa: B018 (trace the client work first: see the module doc)
     return t
 
 
 @pytest.fixture(scope="module")
-def client_update(task: Task) -> ClientUpdate:
+def client_update(task: FederatedTask) -> ClientUpdate:
     return ClientUpdate(task)
 
 
@@ -65,7 +66,7 @@ def random_like(layout: tensors.Layout, seed: int, scale: float = 0.01) -> list[
 
 
 # ---- the client update -------------------------------------------------------------------------
-def test_client_update_equals_tff_client_work(task: Task, client_update: ClientUpdate, runtime: TffRuntime) -> None:
+def test_client_update_equals_tff_client_work(task: FederatedTask, client_update: ClientUpdate, runtime: TffRuntime) -> None:
     weights = task.initial_weights()
     leaves = tensors.flatten(weights)
     ds0, ds1 = shard(0), shard(1)
@@ -96,13 +97,13 @@ def test_client_update_equals_tff_client_work(task: Task, client_update: ClientU
     n0, n1 = m_first["num_examples"], m_other["num_examples"]
     assert int(train["num_examples"]) == n0 + n1
     assert int(train["num_batches"]) == m_first["num_batches"] + m_other["num_batches"]
-    for name in ("loss", "sparse_categorical_accuracy"):
+    for name in ("loss", "accuracy"):
         pooled = (m_first[name] * n0 + m_other[name] * n1) / (n0 + n1)
         assert abs(float(train[name]) - pooled) < 1e-5, name
 
 
 def test_client_update_reads_an_aligned_buffer_in_place_and_leaves_it_unchanged(
-        task: Task, client_update: ClientUpdate) -> None:
+        task: FederatedTask, client_update: ClientUpdate) -> None:
     """The client's receive buffer is aligned, so TensorFlow reads (the first of) the weights in
     place: the update must equal the one from ordinary (copied) arrays, and the buffer must come
     out unchanged (TensorFlow trains its own variables, never the inputs)."""
@@ -120,7 +121,7 @@ def test_client_update_reads_an_aligned_buffer_in_place_and_leaves_it_unchanged(
     assert max(float(np.max(np.abs(u))) for u in in_place[:-1]) > 1e-3
 
 
-def test_client_update_metrics_alone(task: Task, client_update: ClientUpdate, runtime: TffRuntime) -> None:
+def test_client_update_metrics_alone(task: FederatedTask, client_update: ClientUpdate, runtime: TffRuntime) -> None:
     """One client: TFF's finalized metrics are exactly that client's."""
     weights = task.initial_weights()
     # from weights other than the initial ones: a step of training on another shard
@@ -133,7 +134,7 @@ def test_client_update_metrics_alone(task: Task, client_update: ClientUpdate, ru
     assert max_diff(result, tensors.flatten(reference.result[0])) < TOL
     train = reference.measurements["train"]
     assert abs(metrics["loss"] - float(train["loss"])) < TOL
-    assert metrics["sparse_categorical_accuracy"] == pytest.approx(float(train["sparse_categorical_accuracy"]),
+    assert metrics["accuracy"] == pytest.approx(float(train["accuracy"]),
                                                                    abs=1e-7)
     assert metrics["num_examples"] == float(train["num_examples"])
 
@@ -146,7 +147,7 @@ def same_as_typed(ours: Any, theirs: Any) -> float:
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_optimizer_step_equals_tff_finalizer(task: Task, runtime: TffRuntime, optimizer: str) -> None:
+def test_optimizer_step_equals_tff_finalizer(task: FederatedTask, runtime: TffRuntime, optimizer: str) -> None:
     training = TrainingSettings(server_optimizer=optimizer, server_learning_rate=0.5 if optimizer == "sgd" else 0.01)
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer(training), task.weights_type)
     step = OptimizerStep(server_optimizer(training), task.weights_type)
@@ -179,7 +180,7 @@ def test_optimizer_step_equals_tff_finalizer(task: Task, runtime: TffRuntime, op
         assert same_as_typed(new_state, out.state) < TOL
 
 
-def test_optimizer_step_consumes_the_update(task: Task) -> None:
+def test_optimizer_step_consumes_the_update(task: FederatedTask) -> None:
     """As documented: the caller's update list is emptied, so the update is not held twice."""
     step = OptimizerStep(server_optimizer(TRAINING), task.weights_type)
     update = random_like(tensors.Layout.of(task.weights_type), seed=1)
@@ -190,7 +191,7 @@ def test_optimizer_step_consumes_the_update(task: Task) -> None:
 
 
 @pytest.mark.parametrize("aligned", [True, False])
-def test_optimizer_step_reads_in_place_and_never_writes_its_inputs(task: Task, aligned: bool) -> None:
+def test_optimizer_step_reads_in_place_and_never_writes_its_inputs(task: FederatedTask, aligned: bool) -> None:
     """Aligned inputs go to TensorFlow without a copy (DLPack), unaligned ones are copied; either
     way the inputs are unchanged (the old weights may still be being checkpointed) and the new
     weights are aligned numpy arrays over TensorFlow's own buffers."""
@@ -222,7 +223,7 @@ def test_optimizer_step_reads_in_place_and_never_writes_its_inputs(task: Task, a
     assert not any(np.shares_memory(a, b) for a in new for b in [*trainable, *kept_update])
 
 
-def server_algorithm(task: Task, training: TrainingSettings) -> ServerAlgorithm:
+def server_algorithm(task: FederatedTask, training: TrainingSettings) -> ServerAlgorithm:
     return ServerAlgorithm(task, training, aggregator_for(training, task.result_layout, Slots(2)))
 
 
@@ -249,7 +250,7 @@ def one_round(alg: ServerAlgorithm, state: algorithm.ServerState, results: Resul
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_optimizer_state_has_tffs_dtypes(task: Task, optimizer: str) -> None:
+def test_optimizer_state_has_tffs_dtypes(task: FederatedTask, optimizer: str) -> None:
     alg = server_algorithm(task, TrainingSettings(server_optimizer=optimizer))
     state = alg.initialize()
     for s in (state.finalizer, alg.step.initialize()):
@@ -286,7 +287,7 @@ def two_results(alg: ServerAlgorithm, seed: int) -> Results:
 
 @pytest.mark.parametrize(("aggregator", "optimizer"), [("mean", "sgd"), ("mean", "adam"), ("robust", "adam"),
                                                        ("dp", "sgd")])
-def test_state_round_trips(task: Task, aggregator: str, optimizer: str) -> None:
+def test_state_round_trips(task: FederatedTask, aggregator: str, optimizer: str) -> None:
     """A state written to a checkpoint and read back is the same state (the aggregator's adaptive
     norms included), and it trains on exactly as the original does."""
     training = TrainingSettings(aggregator=aggregator, server_optimizer=optimizer, server_learning_rate=0.1,
@@ -307,7 +308,7 @@ def test_state_round_trips(task: Task, aggregator: str, optimizer: str) -> None:
     assert max_diff(after[0].weights, state.weights) > 1e-4
 
 
-def test_decode_state_refuses_damage(task: Task) -> None:
+def test_decode_state_refuses_damage(task: FederatedTask) -> None:
     alg = server_algorithm(task, TrainingSettings(server_optimizer="adam", aggregator="robust"))
     parts = [b"".join(segments(p)) for p in alg.encode_state(alg.initialize())]
     with pytest.raises(LayoutError, match="3 parts"):
@@ -324,7 +325,7 @@ def test_decode_state_refuses_damage(task: Task) -> None:
         alg.decode_state(0, [nan, *parts[1:]])
 
 
-def test_model_weights_of_the_layouts_leaves(task: Task) -> None:
+def test_model_weights_of_the_layouts_leaves(task: FederatedTask) -> None:
     leaves = random_like(task.weights_layout, seed=4)
     weights = algorithm.as_model_weights(task, leaves)
     assert isinstance(weights, tff.learning.models.ModelWeights)

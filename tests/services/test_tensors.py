@@ -13,30 +13,32 @@ import pytest
 import tensorflow_federated as tff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.digits import initial_weights
+from support.digits import task as digits_task
 from tensorflow_federated.python.core.impl.types import type_conversions
 
 from services.common import tensors
 from services.common.config import ModelSettings, TrainingSettings
-from services.common.task import Task, initial_weights
 from services.common.tensors import Layout, LayoutError
+from services.tasks.federated import FederatedTask
 
 T = tff.TensorType
 
 
 @pytest.fixture(scope="module")
-def task() -> Task:
-    t = Task(TrainingSettings(), ModelSettings())
+def task() -> FederatedTask:
+    t = digits_task(TrainingSettings(), ModelSettings())
     t.weights_type, t.result_type  # noqa: B018 (trace the client work once, first: see ClientUpdate)
     return t
 
 
 @pytest.fixture(scope="module")
-def weights_layout(task: Task) -> Layout:
+def weights_layout(task: FederatedTask) -> Layout:
     return Layout.of(task.weights_type)
 
 
 @pytest.fixture(scope="module")
-def result_layout(task: Task) -> Layout:
+def result_layout(task: FederatedTask) -> Layout:
     return Layout.of(task.result_type)
 
 
@@ -63,7 +65,7 @@ MIXED = tff.StructType([
 
 
 # ---- the real task types -----------------------------------------------------------------------
-def test_weights_layout_is_the_models_tensors(task: Task, weights_layout: Layout) -> None:
+def test_weights_layout_is_the_models_tensors(task: FederatedTask, weights_layout: Layout) -> None:
     expected = [(64, 32), (32,), (32, 10), (10,)]  # the default MLP: 64 -> 32 -> 10
     assert [leaf.shape for leaf in weights_layout.leaves] == expected
     assert all(leaf.dtype == np.dtype("<f4") for leaf in weights_layout.leaves)
@@ -89,7 +91,7 @@ def test_leaves_lie_back_to_back(which: str, weights_layout: Layout, result_layo
     assert layout.nbytes == offset
 
 
-def test_leaf_order_is_tffs(task: Task, weights_layout: Layout) -> None:
+def test_leaf_order_is_tffs(task: FederatedTask, weights_layout: Layout) -> None:
     leaves = tensors.flatten(task.initial_weights())
     assert [(np.shape(a), np.asarray(a).dtype) for a in leaves] == \
         [(leaf.shape, leaf.dtype) for leaf in weights_layout.leaves]
@@ -389,14 +391,14 @@ def test_aligned_copy_casts_to_the_given_dtype() -> None:
 
 
 # ---- fingerprints --------------------------------------------------------------------------------
-def test_fingerprint(task: Task, weights_layout: Layout, result_layout: Layout) -> None:
+def test_fingerprint(task: FederatedTask, weights_layout: Layout, result_layout: Layout) -> None:
     for layout in (weights_layout, result_layout):
         assert re.fullmatch(r"[0-9a-f]{16}", layout.fingerprint)
     assert weights_layout.fingerprint != result_layout.fingerprint
     assert Layout.of(task.weights_type).fingerprint == weights_layout.fingerprint  # deterministic
 
 
-def test_fingerprint_differs_for_another_model(task: Task, weights_layout: Layout) -> None:
+def test_fingerprint_differs_for_another_model(task: FederatedTask, weights_layout: Layout) -> None:
     # The type of the initial weights is the client work's weights type (checked here for the
     # default model), so another width's type can be had without tracing another client work.
     assert str(type_conversions.infer_type(task.initial_weights())) == str(task.weights_type)

@@ -7,7 +7,7 @@ overrides. Every error names the offending key and says how to fix it. One modul
 this package's name is what callers import.
 """
 
-from services.common.config.base import ConfigError, MiB, Strict, format_errors
+from services.common.config.base import ConfigError, MiB, Strict, format_errors, problems
 from services.common.config.client import ClientSettings
 from services.common.config.federation import FederationConfig
 from services.common.config.loading import (
@@ -34,5 +34,5 @@ __all__ = [
     "BUILTIN_TASKS", "CONFIG_ENV", "SERVER_ADDRESS_ENV", "ClientSettings", "ConfigError", "DataSettings",
     "EvaluationSettings", "FederationConfig", "MiB", "ModelSettings", "SecureSettings", "SecuritySettings",
     "ServerSettings", "SiloIdentity", "Strict", "TaskSettings", "TrainingSettings", "config_from_argv",
-    "entrypoint_parser", "format_errors", "from_mapping", "load_config", "parse_set",
+    "entrypoint_parser", "format_errors", "from_mapping", "load_config", "parse_set", "problems",
 ]
