@@ -53,7 +53,7 @@ from services.common import tensors  # noqa: E402  (after TFF: the layout is der
 from services.server.aggregation import RoundAggregation, Slots  # noqa: E402
 from services.server.aggregation.mean import Mean  # noqa: E402
 from services.server.coordinator import Coordinator, RoundTask  # noqa: E402
-from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server  # noqa: E402
+from services.server.servicer import MAX_METRICS, SERVICE_NAME, FederationServicer, add_to_server  # noqa: E402
 from services.server.telemetry import Telemetry  # noqa: E402
 
 AREA = "hostile input"
@@ -456,7 +456,10 @@ CASES = [
     # The metrics in the header.
     header_case("NaN metric", "metrics {train_loss: NaN}", INVALID, metrics={"train_loss": float("nan")}),
     header_case("Inf metric", "metrics {train_loss: +Inf}", INVALID, metrics={"train_loss": float("inf")}),
-    header_case("too many metrics", "33 metrics (limit 32)", INVALID, metrics={f"m{i}": 1.0 for i in range(33)}),
+    header_case("too many metrics", f"{MAX_METRICS + 1} metrics (limit {MAX_METRICS})", INVALID,
+                metrics={f"m{i}": 1.0 for i in range(MAX_METRICS + 1)}),
+    header_case("evaluation metrics unasked", "a valid result with ev_loss_0 = 1 in a round that asked for no "
+                "federated evaluation", INVALID, metrics={"ev_loss_0": 1.0}),
     header_case("bad metric name", "metric named `rm -rf /`", INVALID, metrics={"rm -rf /": 1.0}),
     header_case("metric name too long", "a metric name of 65 characters (limit 64)", INVALID,
                 metrics={"m" * 65: 1.0}),
