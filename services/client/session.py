@@ -18,7 +18,7 @@ from services.common.config import FederationConfig
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
-from services.common.transport import call_metadata, channel, read_token
+from services.common.transport import SERVICE_NAME, call_metadata, channel, read_token
 
 if TYPE_CHECKING:  # the trainer pulls in TensorFlow
     from services.client.trainer import Trained
@@ -95,10 +95,10 @@ class Session:
         # The streaming calls carry data chunks framed by hand (services.common.chunking): the same
         # protobuf on the wire, one copy fewer on each side.
         self._get_task = self.channel.unary_stream(
-            f"/{SERVICE}/GetTask", request_serializer=pb.TaskRequest.SerializeToString,
+            f"/{SERVICE_NAME}/GetTask", request_serializer=pb.TaskRequest.SerializeToString,
             response_deserializer=_raw)
         self._submit = self.channel.stream_unary(
-            f"/{SERVICE}/SubmitResult", request_serializer=serialize_chunk,
+            f"/{SERVICE_NAME}/SubmitResult", request_serializer=serialize_chunk,
             response_deserializer=pb.SubmitReply.FromString)
         c = cfg.client
         self.backoff = Backoff(c.reconnect_initial_s, c.reconnect_max_s, c.give_up_after_s)
@@ -195,8 +195,6 @@ class Session:
 class ProtocolError(RuntimeError):
     """The server broke the protocol."""
 
-
-SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 
 
 def _raw(data: bytes) -> bytes:

@@ -20,6 +20,7 @@ from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
 from services.common.tensors import Layout, LayoutError
+from services.common.transport import SERVICE_NAME
 from services.server import secure_phases
 from services.server.aggregation import RoundClosed, Upload
 from services.server.broadcast import Broadcast
@@ -41,7 +42,6 @@ STATUS = {
 }
 MAX_METRICS = 32
 MAX_METRIC_NAME = 64
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Federation"].full_name  # tff_k8s.v1.Federation
 
 
 class Malformed:

@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 from services.common.config import ModelSettings, TrainingSettings
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
+from services.common.transport import SERVICE_NAME
 
 tff = pytest.importorskip("tensorflow_federated")
 
@@ -52,7 +53,7 @@ from services.common.task import Task  # noqa: E402
 from services.server.aggregation import RoundAggregation, Slots  # noqa: E402
 from services.server.aggregation.mean import Mean  # noqa: E402
 from services.server.coordinator import Coordinator, RoundTask  # noqa: E402
-from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server  # noqa: E402
+from services.server.servicer import FederationServicer, add_to_server  # noqa: E402
 from services.server.telemetry import Telemetry  # noqa: E402
 
 AREA = "hostile input"

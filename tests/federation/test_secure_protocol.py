@@ -23,12 +23,13 @@ from services.client.session import Session
 from services.common.config import SecureSettings, from_mapping
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
+from services.common.transport import SERVICE_NAME
 from services.server.aggregation import RoundRefused, Slots
 from services.server.aggregation.interface import Outcome
 from services.server.aggregation.mean import Mean
 from services.server.aggregation.secure import SecureAggregator, SecureRound
 from services.server.coordinator import Coordinator, RoundTask
-from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server
+from services.server.servicer import FederationServicer, add_to_server
 from services.server.telemetry import Telemetry
 from tests.support.secure_round import layout_of
 
