@@ -17,16 +17,9 @@ import numpy as np
 
 from services.server.aggregation.interface import RoundAggregation
 from services.server.clock import Clock
+from services.server.refusals import Reject
 
 MAX_NAME = 253
-
-
-class Reject(Exception):
-    """A request refused for a reason the client is told (``reason`` maps to a gRPC status)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # unknown_client | stale | not_sampled | duplicate | invalid
 
 
 @dataclass

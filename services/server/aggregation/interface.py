@@ -37,6 +37,7 @@ from services.server.aggregation.staging import (
     Slots,
     Upload,
     check_result_layout,
+    check_weight,
 )
 
 State = dict[str, np.float32]  # an aggregator's state between rounds: named float32 scalars
@@ -135,10 +136,7 @@ class RoundAggregation:
 
     def receive(self, client: str, weight: float, timeout: float) -> Upload:
         """A result's header: wait up to ``timeout`` seconds for an upload slot, then stage it."""
-        with np.errstate(over="ignore"):
-            w = np.float32(weight)
-        if not (np.isfinite(w) and w > 0):
-            raise LayoutError(f"update_weight must be a finite number > 0, got {weight}")
+        w = check_weight(weight)
         if self.closed:
             raise RoundClosed("the round closed before this result arrived")
         slots = self.aggregator.slots

@@ -113,6 +113,16 @@ def check_result_layout(layout: tensors.Layout) -> None:
             raise TypeError(f"aggregators need floating updates; {leaf.path} is {leaf.dtype}")
 
 
+def check_weight(weight: float) -> np.float32:
+    """A result header's ``update_weight`` as the float32 it counts as: finite and > 0 (a weight
+    past float32's range is Inf, one below it 0), else LayoutError."""
+    with np.errstate(over="ignore"):
+        w = np.float32(weight)
+    if not (np.isfinite(w) and w > 0):
+        raise LayoutError(f"update_weight must be a finite number > 0, got {weight}")
+    return w
+
+
 def stage(buffer: np.ndarray, received: int, data: bytes | bytearray | memoryview) -> int:
     """Copy a chunk into a staging ``buffer`` (uint8, the whole result's size) after the ``received``
     bytes already there; the new count. Refuses a stream longer than the buffer (nothing copied)."""
