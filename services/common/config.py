@@ -19,6 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.common.aggregators import DEFAULT as DEFAULT_AGGREGATOR
+from services.common.aggregators import AggregatorName
+
 CONFIG_ENV = "TFF_K8S_CONFIG"
 SERVER_ADDRESS_ENV = "SERVER_ADDRESS"
 MiB = 1024 * 1024
@@ -120,7 +123,7 @@ class TrainingSettings(_Strict):
     client_learning_rate: float = Field(0.1, gt=0, description="Client SGD learning rate.")
     server_optimizer: Literal["sgd", "adam"] = "sgd"
     server_learning_rate: float = Field(1.0, gt=0, description="Server optimizer learning rate.")
-    aggregator: Literal["mean", "robust", "dp", "secure"] = "mean"
+    aggregator: AggregatorName = DEFAULT_AGGREGATOR  # the choices: services/common/aggregators.py
     secure: SecureSettings = SecureSettings()
     dp_noise_multiplier: float = Field(0.1, ge=0, description="Noise multiplier for the dp aggregator.")
     dp_clip: float | None = Field(

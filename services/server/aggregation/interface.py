@@ -23,7 +23,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from services.server.aggregation.staging import (
     check_result_layout,
     check_weight,
 )
+
+if TYPE_CHECKING:
+    from services.common.config import TrainingSettings
 
 State = dict[str, np.float32]  # an aggregator's state between rounds: named float32 scalars
 
@@ -69,6 +72,12 @@ class Aggregator(ABC):
         check_result_layout(layout)
         self.layout = layout
         self.slots = slots
+
+    @classmethod
+    def from_settings(cls, training: TrainingSettings, layout: tensors.Layout, slots: Slots) -> Aggregator:
+        """The aggregator as ``training`` configures it (services.server.aggregation.aggregator_for);
+        one that reads no setting of its own is built from the layout and the slots alone."""
+        return cls(layout, slots)
 
     def open_round(self, state: State) -> RoundAggregation:
         return RoundAggregation(self, state)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from services.common import tensors
-from services.common.config import SecureSettings
+from services.common.config import SecureSettings, TrainingSettings
 from services.common.secagg.layout import MaskedLayout
 from services.common.secagg.params import RoundParams, default_threshold
 from services.server.aggregation.interface import Aggregator, Outcome, State
@@ -47,6 +47,10 @@ class SecureAggregator(Aggregator):
         self.settings = settings
         self.masked = MaskedLayout(layout)
         self.clock = clock
+
+    @classmethod
+    def from_settings(cls, training: TrainingSettings, layout: tensors.Layout, slots: Slots) -> SecureAggregator:
+        return cls(layout, slots, training.secure)
 
     def params(self, n: int) -> RoundParams:
         s = self.settings
