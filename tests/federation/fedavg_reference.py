@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_federated as tff
+from support.tff_runtime import TffRuntime
 
 from services.common.config import FederationConfig
 from services.common.data import digits_shard
 from services.common.task import Task, client_optimizer, server_optimizer, to_dataset
-from services.common.tff_runtime import TffRuntime
 
 
 def reference_weights(cfg: FederationConfig, rounds: int) -> list[np.ndarray]:

@@ -48,6 +48,8 @@ from services.common.transport import SERVICE_NAME
 
 tff = pytest.importorskip("tensorflow_federated")
 
+from support.aggregation import free_slots  # noqa: E402
+
 from services.common import tensors  # noqa: E402  (after TFF: the layout is derived from TFF types)
 from services.common.task import Task  # noqa: E402
 from services.server.aggregation import RoundAggregation, Slots  # noqa: E402
@@ -100,7 +102,7 @@ class Wire:
 
     def free_slots(self) -> int:
         """Upload slots not held right now (all of them when no upload is in flight)."""
-        return self.aggregator.slots.free()
+        return free_slots(self.aggregator.slots)
 
 
 @pytest.fixture(scope="module")

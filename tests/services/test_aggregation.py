@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from support.aggregation import free_slots
 
 from services.common import tensors
 from services.common.chunking import PayloadError
@@ -240,7 +241,7 @@ def test_an_upload_that_is_not_committed_leaves_the_update_exactly_as_without_it
         REFUSALS[name](rnd)
     deliver(rnd, payload(u1, w1), w1, client="v1")
     assert rnd.count == 2
-    assert rnd.aggregator.slots.free() == 2  # every staged upload gave its slot back
+    assert free_slots(rnd.aggregator.slots) == 2  # every staged upload gave its slot back
     assert same_bits(update_of(rnd), expected)
 
 
@@ -278,7 +279,7 @@ def test_an_upload_streaming_when_the_round_closes_is_refused_and_leaves_nothing
     finished.discard()
     with pytest.raises(RoundClosed, match="closed before this result arrived"):
         rnd.receive("after", 1.0, timeout=WAIT)
-    assert rnd.aggregator.slots.free() == 3
+    assert free_slots(rnd.aggregator.slots) == 3
     assert same_bits(update_of(rnd), expected)
 
 
@@ -293,7 +294,7 @@ def test_commit_needs_a_finished_upload_and_counts_once() -> None:
     upload.discard()  # what the servicer's finally does: a no-op now
     with pytest.raises(RuntimeError, match="only a finished upload"):
         rnd.commit(upload)
-    assert rnd.count == 1 and rnd.aggregator.slots.free() == 2
+    assert rnd.count == 1 and free_slots(rnd.aggregator.slots) == 2
     assert max_diff(update_of(rnd), [u.astype(np.float64) for u in u0]) < 1e-6
 
 
@@ -326,14 +327,14 @@ def test_at_most_upload_slots_are_staged_and_a_wait_can_end_at_the_deadline() ->
     waiter.start()
     a.discard()  # a slot comes free: the waiting one takes it
     waiter.join(WAIT)
-    assert got and rnd.aggregator.slots.free() == 0
+    assert got and free_slots(rnd.aggregator.slots) == 0
     for part in chunks(payload(u1, w1), 1000):
         b.feed(part)
     b.finish()
     rnd.commit(b)  # committing gives the slot back too
-    assert rnd.aggregator.slots.free() == 1
+    assert free_slots(rnd.aggregator.slots) == 1
     got[0].discard()
-    assert rnd.aggregator.slots.free() == 2
+    assert free_slots(rnd.aggregator.slots) == 2
 
 
 def test_a_result_waiting_for_a_slot_when_the_round_closes_gets_none() -> None:
@@ -352,7 +353,7 @@ def test_a_result_waiting_for_a_slot_when_the_round_closes_gets_none() -> None:
     rnd.close()
     waiter.join(WAIT)
     holder.discard()
-    assert len(outcome) == 1 and rnd.aggregator.slots.free() == 1
+    assert len(outcome) == 1 and free_slots(rnd.aggregator.slots) == 1
 
 
 # ---- the aggregator's state in a checkpoint -------------------------------------------------------

@@ -11,6 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from support.aggregation import free_slots
 
 from services.client.secure import Peer, SecureClientRound, SecureProtocolError
 from services.common.chunking import PayloadError
@@ -132,7 +133,7 @@ def test_a_refused_or_cut_off_masked_input_counts_for_nothing() -> None:
     with pytest.raises(PayloadError, match="ended after 8"):
         upload.finish()
     upload.discard()
-    assert not rnd.total.any() and agg.slots.free() == 2
+    assert not rnd.total.any() and free_slots(agg.slots) == 2
     upload = rnd.receive("b", 1.0, WAIT)
     upload.feed(b"\x01" * agg.masked.nbytes)
     upload.finish()

@@ -76,15 +76,6 @@ class Slots:
     def release(self) -> None:
         self._semaphore.release()
 
-    def free(self) -> int:
-        """Slots not held right now (a snapshot, for tests)."""
-        taken = 0
-        while self._semaphore.acquire(blocking=False):
-            taken += 1
-        for _ in range(taken):
-            self._semaphore.release()
-        return taken
-
 
 @dataclass(frozen=True)
 class Norms:
