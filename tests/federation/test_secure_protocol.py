@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import pytest
+from support.aggregation import layout_of
 
 from services.client import secure_exchange
 from services.client.secure import SecureProtocolError
@@ -31,7 +32,6 @@ from services.server.aggregation.secure import SecureAggregator, SecureRound
 from services.server.coordinator import Coordinator, RoundTask
 from services.server.servicer import FederationServicer, add_to_server
 from services.server.telemetry import Telemetry
-from tests.support.secure_round import layout_of
 
 pytestmark = pytest.mark.slow  # with the federation suite, which writes docs/faults.md
 

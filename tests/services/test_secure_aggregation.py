@@ -11,7 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from support.aggregation import free_slots
+from support.aggregation import free_slots, layout_of
 
 from services.client.secure import Peer, SecureClientRound, SecureProtocolError
 from services.common.chunking import PayloadError
@@ -21,7 +21,7 @@ from services.server.aggregation import RoundClosed, RoundRefused, Slots
 from services.server.aggregation.mean import Mean
 from services.server.aggregation.secure import Keys
 from services.server.refusals import Reject
-from tests.support.secure_round import PHASES, WAIT, aggregator, layout_of, play
+from tests.support.secure_round import PHASES, WAIT, aggregator, play
 
 SHAPES = [(30, 7), (5,), (1,)]
 LAYOUT = layout_of(SHAPES)
