@@ -1,5 +1,8 @@
-"""The client's conversation with the server: join, long-poll for tasks, stream results back, and
-reconnect with exponential backoff and jitter when the server goes away."""
+"""The client's conversation with the server: join, long-poll for tasks, stream results back and,
+in a secure round, send each secure-aggregation phase once (never retried: a resend is refused as a
+replay). Calls that fail because the server is away are retried with exponential backoff and
+jitter, up to ``client.give_up_after_s`` (then ServerGone); credentials the server refuses end the
+client at once (Refused). ``on_reachable`` hears whether the server answered (the readiness probe)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
 POLL_TIMEOUT_S = 60.0  # the server answers a long poll within ~10 s
 MAX_TASK_BYTES = 4 * 1024 * 1024 * 1024
-SUBMIT_TIMEOUT_S = 600.0  # a large update may wait for an upload slot (robust / dp aggregators)
+SUBMIT_TIMEOUT_S = 600.0  # a large update may wait for one of the server's upload slots (server.upload_slots)
 
 
 class ServerGone(RuntimeError):

@@ -1,5 +1,6 @@
 """The aggregation seam: what the servicer, the coordinator and the round loop know of the server's
-aggregator (TFF's part of that name), whichever it is (``mean``, ``robust``, ``dp``).
+aggregator (TFF's part of that name), whichever it is (services/common/aggregators.py names them;
+every one keeps the contract of tests/services/test_aggregator_contract.py).
 
 A round's aggregation (:class:`RoundAggregation`) is opened from the aggregator's state at the
 round's start. For each result it ``receive``-s the header (the client and its weight: the upload
@@ -13,9 +14,11 @@ Each aggregator (:class:`Aggregator`) is its math: how a complete result counts 
 factor its update is multiplied by before it is added to the round's running sum, from the
 result's weight and norms) and how the sum becomes the update (``finish``). TFF's aggregators are
 built the same way (weighted mean, clipping and zeroing wrappers, DP queries: a per-client
-preprocessing, a sum, a server-side post-processing), which is why one running sum serves all
-three; the server holds the round's sum plus at most ``server.upload_slots`` staged results, never
-one per client."""
+preprocessing, a sum, a server-side post-processing), which is why one running sum serves
+``mean``, ``robust`` and ``dp``; the server holds the round's sum plus at most
+``server.upload_slots`` staged results, never one per client. ``secure`` refines the round itself
+(its result layout, who gets the task and may still send, its phases: ``open_round`` returns its
+own RoundAggregation) and sums masked words instead of floats."""
 
 from __future__ import annotations
 
