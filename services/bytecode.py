@@ -15,7 +15,7 @@ import py_compile
 import sys
 
 # The modules each role's entrypoint imports, heavy ones included (TensorFlow, TFF, Keras, grpc,
-# scikit-learn's bundled digits). No service runs TFF's execution context (services/common/tff_runtime.py
+# scikit-learn's bundled digits). No service runs TFF's execution context (tests/support/tff_runtime.py
 # is the tests' reference runtime).
 ENTRY_MODULES = (
     "services.server.__main__",

@@ -1,5 +1,8 @@
-"""The client's conversation with the server: join, long-poll for tasks, stream results back, and
-reconnect with exponential backoff and jitter when the server goes away."""
+"""The client's conversation with the server: join, long-poll for tasks, stream results back and,
+in a secure round, send each secure-aggregation phase once (never retried: a resend is refused as a
+replay). Calls that fail because the server is away are retried with exponential backoff and
+jitter, up to ``client.give_up_after_s`` (then ServerGone); credentials the server refuses end the
+client at once (Refused). ``on_reachable`` hears whether the server answered (the readiness probe)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from services.common.config import FederationConfig
 from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
-from services.common.transport import call_metadata, channel, read_token
+from services.common.transport import SERVICE_NAME, call_metadata, channel, read_token
 
 if TYPE_CHECKING:  # the trainer pulls in TensorFlow
     from services.client.trainer import Trained
@@ -29,7 +32,7 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED}
 POLL_TIMEOUT_S = 60.0  # the server answers a long poll within ~10 s
 MAX_TASK_BYTES = 4 * 1024 * 1024 * 1024
-SUBMIT_TIMEOUT_S = 600.0  # a large update may wait for an upload slot (robust / dp aggregators)
+SUBMIT_TIMEOUT_S = 600.0  # a large update may wait for one of the server's upload slots (server.upload_slots)
 
 
 class ServerGone(RuntimeError):
@@ -100,10 +103,10 @@ class Session:
         # The streaming calls carry data chunks framed by hand (services.common.chunking): the same
         # protobuf on the wire, one copy fewer on each side.
         self._get_task = self.channel.unary_stream(
-            f"/{SERVICE}/GetTask", request_serializer=pb.TaskRequest.SerializeToString,
+            f"/{SERVICE_NAME}/GetTask", request_serializer=pb.TaskRequest.SerializeToString,
             response_deserializer=_raw)
         self._submit = self.channel.stream_unary(
-            f"/{SERVICE}/SubmitResult", request_serializer=serialize_chunk,
+            f"/{SERVICE_NAME}/SubmitResult", request_serializer=serialize_chunk,
             response_deserializer=pb.SubmitReply.FromString)
         c = cfg.client
         self.backoff = Backoff(c.reconnect_initial_s, c.reconnect_max_s, c.give_up_after_s)
@@ -206,8 +209,6 @@ class Session:
 class ProtocolError(RuntimeError):
     """The server broke the protocol."""
 
-
-SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 
 
 def _raw(data: bytes) -> bytes:

@@ -12,10 +12,13 @@ from typing import Any
 import grpc
 
 from services.common.config import SecuritySettings
+from services.common.proto import federation_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 AUTH_HEADER = "authorization"
+# The gRPC service both sides name in their method paths (/<SERVICE_NAME>/<Method>), from the .proto.
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Federation"].full_name  # tff_k8s.v1.Federation
 OPEN_METHODS = ("/grpc.health.v1.Health/",)  # kubelet probes carry no token
 # Streams carry chunks of at most server.chunk_bytes (<= 3 MiB): gRPC's 4 MiB default stays the cap.
 CHANNEL_OPTIONS = [

@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from services.common.aggregators import AGGREGATORS
 from services.common.config import BUILTIN_TASKS, ConfigError, FederationConfig, load_config, parse_set
 from services.runner.loopback import loopback_overrides
 from services.runner.plot import plot_rounds
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="model init, sampling and partition seed (default 0)")
     p.add_argument("--partition", choices=["iid", "dirichlet"], help="how the digits are split across clients")
     p.add_argument("--alpha", type=float, help="Dirichlet alpha for --partition dirichlet")
-    p.add_argument("--aggregator", choices=["mean", "robust", "dp", "secure"], help="server aggregator")
+    p.add_argument("--aggregator", choices=list(AGGREGATORS), help="server aggregator")
     p.add_argument("--task", metavar="FILE_OR_MODULE",
                    help="the learning task: a task file (.yaml), a Python module (package.module, on PYTHONPATH) or "
                         "digits (default); docs/tasks.md")

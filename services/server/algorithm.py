@@ -1,8 +1,11 @@
-"""The server's half of federated averaging, in TFF's own parts: the *aggregator* (``mean`` |
-``robust`` | ``dp``, services/server/aggregation) turns the clients' ``ClientResult``s into one
-update and the *finalizer* (TFF's apply-optimizer step, as in ``build_apply_optimizer_finalizer``)
-applies it with the server optimizer. The math is TFF's, so the result equals
-``tff.learning.algorithms.build_weighted_fed_avg`` on the same data.
+"""The server's half of federated averaging, in TFF's own parts: the *aggregator* (the one
+``training.aggregator`` names from services/common/aggregators.py; services/server/aggregation)
+turns the clients' ``ClientResult``s into one update and the *finalizer* (TFF's apply-optimizer
+step, as in ``build_apply_optimizer_finalizer``) applies it with the server optimizer. The math is
+TFF's: with ``mean`` the result equals ``tff.learning.algorithms.build_weighted_fed_avg`` on the same
+data, with ``robust`` and ``dp`` TFF's aggregators of those names (tests/services/
+test_aggregators_equal_tff.py), and ``secure``'s update is the weighted mean within its
+quantization step.
 
 Both run in this process: the aggregators in numpy on results staged as they stream in, the
 finalizer's step (TFF's optimizer and non-finite check) as a ``tf.function``. No round ships the

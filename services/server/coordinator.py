@@ -1,8 +1,12 @@
-"""Who takes part in which round: the client registry, sampling, the round deadline and the
-bookkeeping of results. Pure Python (no TensorFlow, no gRPC), driven by the servicer threads on
-one side and the round loop on the other, all under one condition variable. What a result counts
-for is the round's aggregation's business (services/server/aggregation): the coordinator only
-decides whether a result is wanted, and lets the aggregation commit it under its lock."""
+"""Who takes part in which round: the client registry (names unique within a silo; a client id is
+good only from the silo it joined from), liveness, sampling, the round deadline and the bookkeeping
+of results. Pure Python (no TensorFlow, no gRPC), driven by the servicer threads on one side and the
+round loop on the other, all under one condition variable; what it refuses is a Reject
+(services/server/refusals.py). What a result counts for is the round's aggregation's business
+(services/server/aggregation): the coordinator only decides whether a result is wanted, and lets the
+aggregation commit it under the coordinator's lock; the aggregation also says which sampled clients
+get the task and may still send a result (``secure``: only those whose keys are in), and a secure
+round's unmasking reaches the round that closed last (:meth:`Coordinator.round_of`)."""
 
 from __future__ import annotations
 
@@ -17,16 +21,9 @@ import numpy as np
 
 from services.server.aggregation.interface import RoundAggregation
 from services.server.clock import Clock
+from services.server.refusals import Reject
 
 MAX_NAME = 253
-
-
-class Reject(Exception):
-    """A request refused for a reason the client is told (``reason`` maps to a gRPC status)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # unknown_client | stale | not_sampled | duplicate | invalid
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The gRPC face of a secure round's key phases and unmasking (the SecureAggregation RPC): checks
 each request's shape exactly (sizes, one entry per peer, no duplicates), finds its round and hands
-it to the round's SecureRound (services/server/aggregation/secure.py), and builds the reply.
-Refusals are the coordinator's Reject, mapped to gRPC statuses by the servicer."""
+it to the round's SecureRound (services/server/aggregation/secure), and builds the reply.
+Refusals are services/server/refusals.py's, mapped to gRPC statuses by the servicer; those of the
+round's phases name the round."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 
 from services.common.proto import federation_pb2 as pb
 from services.common.secagg.params import VERSION
-from services.server.aggregation.secure import Keys, PhaseError, SecureRound
+from services.server.aggregation.secure import Keys, SecureRound
 from services.server.aggregation.staging import RoundClosed
-from services.server.coordinator import Coordinator, Reject, RoundTask
+from services.server.coordinator import Coordinator, RoundTask
+from services.server.refusals import Reject
 
 MAX_ENTRIES = 1024  # peers in one request: at most the graph's degree bound (training.secure.neighbours)
 
@@ -38,6 +40,13 @@ def handle(coordinator: Coordinator, request: pb.SecureRequest, time_remaining: 
     if time_remaining is not None:
         timeout = min(timeout, time_remaining)
     cid, phase = request.client_id, request.WhichOneof("phase")
+    # The request's own shape is checked first: its refusals do not name the round.
+    if phase == "share":
+        shares = _by_peer((s.peer, s.ciphertext) for s in request.share.shares)
+    elif phase == "reveal":
+        r = request.reveal
+        self_mask = _by_peer((s.owner, s.share) for s in r.self_mask)
+        mask_key = _by_peer((s.owner, s.share) for s in r.mask_key)
     try:
         if phase == "advertise":
             a = request.advertise
@@ -45,18 +54,16 @@ def handle(coordinator: Coordinator, request: pb.SecureRequest, time_remaining: 
             return pb.SecureReply(roster=pb.Roster(index=index, neighbours=[
                 pb.PeerKeys(index=j, cipher_key=k.cipher, mask_key=k.mask) for j, k in sorted(peers.items())]))
         if phase == "share":
-            relayed = aggregation.share(cid, _by_peer((s.peer, s.ciphertext) for s in request.share.shares), timeout)
+            relayed = aggregation.share(cid, shares, timeout)
             return pb.SecureReply(relayed=pb.RelayedShares(shares=[
                 pb.EncryptedShare(peer=j, ciphertext=ct) for j, ct in sorted(relayed.items())]))
         if phase == "unmask":
             survivors, dropped = aggregation.unmask(cid, timeout)
             return pb.SecureReply(unmask=pb.UnmaskReply(survivors=sorted(survivors), dropped=sorted(dropped)))
         if phase == "reveal":
-            r = request.reveal
-            aggregation.reveal(cid, _by_peer((s.owner, s.share) for s in r.self_mask),
-                               _by_peer((s.owner, s.share) for s in r.mask_key))
+            aggregation.reveal(cid, self_mask, mask_key)
             return pb.SecureReply(revealed=True)
-    except PhaseError as exc:
+    except Reject as exc:
         raise Reject(exc.reason, f"round {request.round}: {exc}") from None
     except RoundClosed as exc:
         raise Reject("stale", f"round {request.round}: {exc}") from None

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError
 
 from services.common.chunking import PayloadError, check_size, data_of, serialize_chunk
@@ -20,31 +19,22 @@ from services.common.logs import fields
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
 from services.common.tensors import Layout, LayoutError
+from services.common.transport import SERVICE_NAME
 from services.server import secure_phases
 from services.server.aggregation import RoundClosed, Upload
+from services.server.aggregation.staging import check_weight
 from services.server.broadcast import Broadcast
-from services.server.coordinator import Coordinator, Reject, RoundTask, TaskKind
+from services.server.coordinator import Coordinator, RoundTask, TaskKind
 from services.server.identity import NotASilo, SiloGate
+from services.server.refusals import STATUS, Reason, Reject
 from services.server.telemetry import Telemetry, memory_mb
 from services.tasks.contract import Contract, check_peer
 from services.tasks.evaluation import PREFIX as EVAL_PREFIX
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    "unknown_client": grpc.StatusCode.NOT_FOUND,
-    "stale": grpc.StatusCode.FAILED_PRECONDITION,
-    "not_sampled": grpc.StatusCode.FAILED_PRECONDITION,
-    "duplicate": grpc.StatusCode.ALREADY_EXISTS,
-    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
-    "too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-    "out_of_order": grpc.StatusCode.FAILED_PRECONDITION,  # a secure phase before its turn
-    "other_task": grpc.StatusCode.FAILED_PRECONDITION,  # a client that trains another learning task
-}
 MAX_METRICS = 64
 MAX_METRIC_NAME = 64
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Federation"].full_name  # tff_k8s.v1.Federation
 
 
 class Malformed:
@@ -127,10 +117,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.max_payload_bytes = max_payload_bytes
         self.poll_s = poll_s
 
-    def _abort(self, context: grpc.ServicerContext, reason: str, message: str) -> NoReturn:
+    def _abort(self, context: grpc.ServicerContext, reason: Reason, message: str) -> NoReturn:
         self.telemetry.reject(reason)
         log.warning("rejected request: %s", message, extra=fields(reason=reason, peer=context.peer()))
-        context.abort(STATUS[reason], message)
+        context.abort(grpc.StatusCode[STATUS[reason]], message)
         raise AssertionError("grpc's context.abort always raises")
 
     def _silo(self, context: grpc.ServicerContext, client_id: str | None = None) -> str:
@@ -325,7 +315,8 @@ def _validate_metrics(metrics: Any) -> dict[str, float]:
 
 
 def _validate_weight(weight: float) -> None:
-    with np.errstate(over="ignore"):
-        w = np.float32(weight)
-    if not (np.isfinite(w) and w > 0):
-        raise Reject("invalid", f"update_weight must be a finite number > 0, got {weight}")
+    """The aggregation's own check (staging.check_weight), before the result takes an upload slot."""
+    try:
+        check_weight(weight)
+    except LayoutError as exc:  # refused as it is worded, without the payload refusals' prefix
+        raise Reject("invalid", str(exc)) from None

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_federated as tff
+from support.tff_runtime import TffRuntime
 
 from services.common.config import FederationConfig
 from services.common.data import digits_shard
-from services.common.tff_runtime import TffRuntime
 from services.tasks import federated_task
 from services.tasks.federated import client_optimizer, server_optimizer, to_dataset
 

@@ -44,16 +44,18 @@ from hypothesis import strategies as st
 from services.common.config import ModelSettings, TrainingSettings
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
+from services.common.transport import SERVICE_NAME
 
 tff = pytest.importorskip("tensorflow_federated")
 
+from support.aggregation import free_slots  # noqa: E402
 from support.digits import task as digits_task  # noqa: E402
 
 from services.common import tensors  # noqa: E402  (after TFF: the layout is derived from TFF types)
 from services.server.aggregation import RoundAggregation, Slots  # noqa: E402
 from services.server.aggregation.mean import Mean  # noqa: E402
 from services.server.coordinator import Coordinator, RoundTask  # noqa: E402
-from services.server.servicer import MAX_METRICS, SERVICE_NAME, FederationServicer, add_to_server  # noqa: E402
+from services.server.servicer import MAX_METRICS, FederationServicer, add_to_server  # noqa: E402
 from services.server.telemetry import Telemetry  # noqa: E402
 
 AREA = "hostile input"
@@ -100,7 +102,7 @@ class Wire:
 
     def free_slots(self) -> int:
         """Upload slots not held right now (all of them when no upload is in flight)."""
-        return self.aggregator.slots.free()
+        return free_slots(self.aggregator.slots)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import pytest
+from support.aggregation import layout_of
 
 from services.client import secure_exchange
 from services.client.secure import SecureProtocolError
@@ -23,14 +24,14 @@ from services.client.session import Session
 from services.common.config import SecureSettings, from_mapping
 from services.common.proto import federation_pb2 as pb
 from services.common.proto import federation_pb2_grpc as pb_grpc
+from services.common.transport import SERVICE_NAME
 from services.server.aggregation import RoundRefused, Slots
 from services.server.aggregation.interface import Outcome
 from services.server.aggregation.mean import Mean
 from services.server.aggregation.secure import SecureAggregator, SecureRound
 from services.server.coordinator import Coordinator, RoundTask
-from services.server.servicer import SERVICE_NAME, FederationServicer, add_to_server
+from services.server.servicer import FederationServicer, add_to_server
 from services.server.telemetry import Telemetry
-from tests.support.secure_round import layout_of
 
 pytestmark = pytest.mark.slow  # with the federation suite, which writes docs/faults.md
 

@@ -12,9 +12,8 @@ import pytest
 def runtime() -> Iterator[Any]:
     """A TFF execution context of our own (TFF's worker_binary, stopped afterwards) for the TFF
     references, once per module; TensorFlow is imported only by the modules that ask for it."""
+    from support.tff_runtime import TffRuntime
     from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
-
-    from services.common.tff_runtime import TffRuntime
 
     before = context_stack_impl.context_stack.current
     try:

@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
+from support.tff_runtime import TffRuntime
 from tensorflow_federated.python.learning import model_update_aggregator
 from tensorflow_privacy.privacy.dp_query import gaussian_query
 
 from services.common import tensors
 from services.common.chunking import data_messages, data_of
-from services.common.tff_runtime import TffRuntime
 from services.server.aggregation import Aggregator, Outcome, Slots
 from services.server.aggregation.dp import DifferentiallyPrivate
 from services.server.aggregation.mean import Mean

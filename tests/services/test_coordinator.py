@@ -19,7 +19,8 @@ from services.common import tensors
 from services.server import coordinator as coordinator_module
 from services.server.aggregation import RoundAggregation, Slots
 from services.server.aggregation.mean import Mean
-from services.server.coordinator import Coordinator, Metrics, Reject, RoundTask, TaskKind
+from services.server.coordinator import Coordinator, Metrics, RoundTask, TaskKind
+from services.server.refusals import Reject
 
 PAYLOAD = b"global model"
 LAYOUT = tensors.Layout((tensors.Leaf("update.0", np.dtype("<f4"), (2,), 0),

@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 from support.digits import task as digits_task
+from support.tff_runtime import TffRuntime
 
 from services.client.trainer import ClientUpdate
 from services.common import chunking, tensors
@@ -26,7 +27,6 @@ from services.common.chunking import segments
 from services.common.config import ModelSettings, TrainingSettings
 from services.common.data import digits_shard
 from services.common.tensors import LayoutError
-from services.common.tff_runtime import TffRuntime
 from services.server import algorithm
 from services.server.aggregation import Outcome, Slots, aggregator_for
 from services.server.algorithm import OptimizerStep, ServerAlgorithm

@@ -25,7 +25,8 @@ from services.common import tensors
 from services.common.config import TrainingSettings
 from services.server.aggregation import Outcome, RoundClosed, Slots
 from services.server.aggregation.mean import Mean
-from services.server.coordinator import Coordinator, Reject, RoundTask, TaskKind
+from services.server.coordinator import Coordinator, RoundTask, TaskKind
+from services.server.refusals import Reject
 from services.server.rounds import RoundRunner
 from services.server.state import ServerState
 from services.server.telemetry import Telemetry

@@ -11,10 +11,10 @@ import itertools
 import numpy as np
 import pytest
 from scipy.stats import chisquare
+from support.secagg import add_masks
 
 from services.common.secagg import crypto, shamir
 from services.common.secagg.graph import degree, neighbours
-from services.common.secagg.masking import add_masks
 from services.common.secagg.params import ParamsError, RoundParams, default_threshold
 from services.common.secagg.quantize import dequantize, quantize
 

@@ -11,6 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from support.aggregation import free_slots, layout_of
 
 from services.client.secure import Peer, SecureClientRound, SecureProtocolError
 from services.common.chunking import PayloadError
@@ -18,8 +19,9 @@ from services.common.secagg.crypto import BLOCK_WORDS
 from services.common.secagg.quantize import dequantize
 from services.server.aggregation import RoundClosed, RoundRefused, Slots
 from services.server.aggregation.mean import Mean
-from services.server.aggregation.secure import Keys, PhaseError
-from tests.support.secure_round import PHASES, WAIT, aggregator, layout_of, play
+from services.server.aggregation.secure import Keys
+from services.server.refusals import Reject
+from tests.support.secure_round import PHASES, WAIT, aggregator, play
 
 SHAPES = [(30, 7), (5,), (1,)]
 LAYOUT = layout_of(SHAPES)
@@ -83,7 +85,7 @@ def test_dropouts_at_every_phase(phase: str, survivors: int) -> None:
     if survivors < 3:
         assert isinstance(played.error, RoundRefused) and played.outcome is None
         # The survivors were told the round was refused (at the phase that fell short, or later).
-        assert all(isinstance(e, RoundClosed | PhaseError) for e in played.client_errors.values())
+        assert all(isinstance(e, RoundClosed | Reject) for e in played.client_errors.values())
         if phase != "unmask":  # refused before any share was asked for
             assert not server.self_mask_shares and not server.mask_key_shares
         return
@@ -131,7 +133,7 @@ def test_a_refused_or_cut_off_masked_input_counts_for_nothing() -> None:
     with pytest.raises(PayloadError, match="ended after 8"):
         upload.finish()
     upload.discard()
-    assert not rnd.total.any() and agg.slots.free() == 2
+    assert not rnd.total.any() and free_slots(agg.slots) == 2
     upload = rnd.receive("b", 1.0, WAIT)
     upload.feed(b"\x01" * agg.masked.nbytes)
     upload.finish()
@@ -186,22 +188,22 @@ def test_the_phases_refuse_replays_reordering_and_bad_sizes() -> None:
     agg = aggregator(LAYOUT, phase_timeout_s=5.0)
     rnd = agg.open_round({})
     rnd.bind(1, "t", ["a", "b", "c"])
-    with pytest.raises(PhaseError) as bad:
+    with pytest.raises(Reject) as bad:
         rnd.advertise("a", Keys(b"k" * 31, b"m" * 32), WAIT)
     assert bad.value.reason == "invalid"
-    with pytest.raises(PhaseError) as foreign:
+    with pytest.raises(Reject) as foreign:
         rnd.advertise("z", Keys(b"k" * 32, b"m" * 32), WAIT)
     assert foreign.value.reason == "not_sampled"
-    with pytest.raises(PhaseError) as early:
+    with pytest.raises(Reject) as early:
         rnd.share("a", {}, WAIT)
     assert early.value.reason == "out_of_order"
-    with pytest.raises(PhaseError) as early_unmask:
+    with pytest.raises(Reject) as early_unmask:
         rnd.unmask("a", WAIT)
     assert early_unmask.value.reason == "out_of_order"
     with pytest.raises(RoundClosed):
         rnd.receive("a", 1.0, WAIT)  # a masked input before the keys were shared
     rnd.keys[rnd.index["a"]] = Keys(b"k" * 32, b"m" * 32)  # as if "a" advertised already
-    with pytest.raises(PhaseError) as replay:
+    with pytest.raises(Reject) as replay:
         rnd.advertise("a", Keys(b"k" * 32, b"m" * 32), WAIT)
     assert replay.value.reason == "duplicate"
 

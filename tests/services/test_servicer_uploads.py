@@ -4,7 +4,8 @@ most ``upload_slots`` results are staged at a time; the others wait for a slot a
 accepted, a slot is given back when a result is refused, and a result still waiting when its
 round closes is refused as stale. The round-deadline cutoff of a stalled upload is checked here
 too. Drives ``FederationServicer.SubmitResult`` directly from threads (no gRPC server, no
-TensorFlow), with the real coordinator and the real ``mean`` aggregation on a small layout."""
+TensorFlow), with the real coordinator and the real ``mean`` aggregation on a small layout (the
+refusals also with ``robust`` and ``dp``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import pytest
 from services.common import tensors
 from services.common.chunking import data_messages, data_of
 from services.common.proto import federation_pb2 as pb
-from services.server.aggregation import Slots
+from services.server.aggregation import Aggregator, Slots
+from services.server.aggregation.dp import DifferentiallyPrivate
 from services.server.aggregation.mean import Mean
+from services.server.aggregation.robust import Robust
 from services.server.coordinator import Coordinator, RoundTask
 from services.server.servicer import FederationServicer
 from services.server.telemetry import Telemetry
@@ -88,6 +91,25 @@ class CountingSlots(Slots):
             assert self.cv.wait_for(lambda: self.held >= target or self.given_back + self.held >= total, timeout=WAIT)
 
 
+def _dp(layout: tensors.Layout, slots: Slots) -> Aggregator:
+    return DifferentiallyPrivate(layout, slots, noise_multiplier=0.0, clients_per_round=4)
+
+
+# The float-result aggregators (secure's refusals of masked inputs: tests/services/test_aggregator_contract.py).
+AGGREGATORS: dict[str, Callable[[tensors.Layout, Slots], Aggregator]] = {"mean": Mean, "robust": Robust, "dp": _dp}
+
+
+def alone(aggregator: Callable[[tensors.Layout, Slots], Aggregator], data: bytes, weight: float) -> np.ndarray:
+    """The aggregator's update of one result, delivered straight to a round of its own."""
+    agg = aggregator(LAYOUT, Slots(1))
+    rnd = agg.open_round(agg.initial_state())
+    upload = rnd.receive("alone", weight, timeout=WAIT)
+    upload.feed(data)
+    upload.finish()
+    rnd.commit(upload)
+    return rnd.finish().update[0]
+
+
 def payload(client: int, weight: float | None = None) -> bytes:
     """Client ``client``'s result: its update is all ``client + 1``, its weight ``client + 1``."""
     w = float(client + 1) if weight is None else weight
@@ -96,7 +118,7 @@ def payload(client: int, weight: float | None = None) -> bytes:
 
 class Harness:
     def __init__(self, clients: int, slots: int, *, deadline_s: float = 60.0, chunk_s: float = 0.01,
-                 fast: bool = True) -> None:
+                 fast: bool = True, aggregator: Callable[[tensors.Layout, Slots], Aggregator] = Mean) -> None:
         self.fast = fast  # data chunks as the server's deserializer hands them over: views (or messages)
         self.coordinator = Coordinator(min_clients=clients, clients_per_round=clients, round_deadline_s=deadline_s,
                                        num_shards=clients, rng=np.random.default_rng(0))
@@ -107,8 +129,8 @@ class Harness:
         self.telemetry = Telemetry()
         self.servicer = FederationServicer(self.coordinator, LAYOUT, self.telemetry, chunk_bytes=CHUNK,
                                            max_payload_bytes=1 << 20)
-        aggregator = Mean(LAYOUT, self.slots)
-        self.aggregation = aggregator.open_round(aggregator.initial_state())
+        agg = aggregator(LAYOUT, self.slots)
+        self.aggregation = agg.open_round(agg.initial_state())
         self.task: RoundTask = self.coordinator.open_round(1, b"global", "fp", self.aggregation)
         assert self.task.sampled == frozenset(self.ids)
 
@@ -163,11 +185,12 @@ def test_upload_slots_bound_staged_results(clients: int, slots: int, fast: bool)
     np.testing.assert_allclose(h.update(), (weights * weights).sum() / weights.sum(), rtol=1e-6)
 
 
-def test_slot_is_given_back_when_a_result_is_refused() -> None:
+@pytest.mark.parametrize("aggregator", list(AGGREGATORS))
+def test_slot_is_given_back_when_a_result_is_refused(aggregator: str) -> None:
     """One slot; three results refused after taking it (cut short, a NaN, a payload weight that is
     not the header's): the slot comes back each time, so a valid result is then received at once,
     and only it counts."""
-    h = Harness(4, 1, chunk_s=0.0, fast=False)
+    h = Harness(4, 1, chunk_s=0.0, fast=False, aggregator=AGGREGATORS[aggregator])
     with pytest.raises(Aborted) as short:
         h.submit(0, payload(0)[:-1], announced=NBYTES)
     assert short.value.code == grpc.StatusCode.INVALID_ARGUMENT and "stream ended after" in short.value.details
@@ -186,7 +209,10 @@ def test_slot_is_given_back_when_a_result_is_refused() -> None:
     t.join(WAIT)  # with a leaked slot this would wait for the round's 60 s deadline
     assert done and done[0].accepted
     assert list(h.task.results) == [h.ids[2]] and h.slots.held == 0
-    assert np.all(h.update() == np.float32(3))  # client 2's update alone
+    update = h.update()
+    assert update.tobytes() == alone(AGGREGATORS[aggregator], payload(2), 3.0).tobytes()  # client 2's alone
+    if aggregator == "mean":
+        assert np.all(update == np.float32(3))
 
 
 @pytest.mark.parametrize(
@@ -200,10 +226,11 @@ def test_slot_is_given_back_when_a_result_is_refused() -> None:
     ],
     ids=["wrong-size", "wrong-layout", "over-limit", "no-weight", "nan-weight"],
 )
+@pytest.mark.parametrize("aggregator", list(AGGREGATORS))
 def test_header_is_refused_without_a_slot_or_a_read(announced: int, layout: str, weight: float,
-                                                    code: grpc.StatusCode) -> None:
+                                                    code: grpc.StatusCode, aggregator: str) -> None:
     """A result whose header cannot be right is refused before it takes a slot or a byte is read."""
-    h = Harness(2, 1)
+    h = Harness(2, 1, aggregator=AGGREGATORS[aggregator])
     assert h.slots.acquire(timeout=1)  # all slots busy: a refusal must not wait for one
 
     def stream() -> Iterator[pb.ResultChunk]:

@@ -21,16 +21,6 @@ WAIT = 20.0
 PHASES = ("keys", "shares", "input", "unmask")  # a client that drops "at" a phase never does it
 
 
-def layout_of(shapes: list[tuple[int, ...]]) -> tensors.Layout:
-    leaves, offset = [], 0
-    for i, shape in enumerate(shapes):
-        leaf = tensors.Leaf(f"update.{i}", np.dtype("<f4"), shape, offset)
-        leaves.append(leaf)
-        offset += leaf.nbytes
-    leaves.append(tensors.Leaf("update_weight", np.dtype("<f4"), (), offset))
-    return tensors.Layout(tuple(leaves), offset + 4, "0123456789abcdef")
-
-
 def aggregator(layout: tensors.Layout, **settings: object) -> SecureAggregator:
     return SecureAggregator(layout, Slots(2), SecureSettings(**{"phase_timeout_s": 0.5, **settings}))
 

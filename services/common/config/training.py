@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from services.common.aggregators import DEFAULT as DEFAULT_AGGREGATOR
+from services.common.aggregators import AggregatorName
 from services.common.config.base import Strict
 
 
@@ -63,7 +65,7 @@ class TrainingSettings(Strict):
     )
     server_learning_rate: float = Field(1.0, gt=0, description="Server optimizer learning rate.")
     server_momentum: float = Field(0.0, ge=0, lt=1, description="Server sgd momentum (0: plain SGD).")
-    aggregator: Literal["mean", "robust", "dp", "secure"] = "mean"
+    aggregator: AggregatorName = DEFAULT_AGGREGATOR  # the choices: services/common/aggregators.py
     secure: SecureSettings = SecureSettings()
     dp_noise_multiplier: float = Field(0.1, ge=0, description="Noise multiplier for the dp aggregator.")
     dp_clip: float | None = Field(

@@ -43,13 +43,3 @@ class MaskStreams:
             for stream, op in self.streams:
                 op(part, stream.read_into(zeros, self._buffer), out=part)
 
-
-def add_masks(target: np.ndarray, masks: Sequence[tuple[bytes, int]], modulus_mask: int,
-              block_words: int = FUSED_BLOCK_WORDS) -> None:
-    """``target += sum(sign * PRG(seed))`` mod 2^bits, in place (``target`` is uint32, 1-D), in one
-    pass over it whatever the number of masks (:class:`MaskStreams`)."""
-    if target.dtype != np.uint32 or target.ndim != 1:
-        raise TypeError("masks are added to a 1-D uint32 vector")
-    MaskStreams(masks, block_words).apply(target)
-    if modulus_mask != 0xFFFFFFFF:
-        np.bitwise_and(target, np.uint32(modulus_mask), out=target)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common import tensors
+from services.common.config import TrainingSettings
 from services.server.aggregation.interface import (
     Aggregator,
     Contribution,
@@ -105,6 +106,11 @@ class DifferentiallyPrivate(Aggregator):
         self.clipping = Estimate(**ADAPTIVE)
         self.noise = noise or GaussianNoise()
         self.state_names = ("zeroing_estimate", "clipping_norm") if self.adaptive else ("zeroing_estimate",)
+
+    @classmethod
+    def from_settings(cls, training: TrainingSettings, layout: tensors.Layout, slots: Slots) -> DifferentiallyPrivate:
+        return cls(layout, slots, noise_multiplier=training.dp_noise_multiplier,
+                   clients_per_round=training.clients_per_round, clip=training.dp_clip)
 
     def initial_state(self) -> State:
         state = {"zeroing_estimate": F32(ZEROING.initial)}

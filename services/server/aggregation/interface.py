@@ -1,5 +1,6 @@
 """The aggregation seam: what the servicer, the coordinator and the round loop know of the server's
-aggregator (TFF's part of that name), whichever it is (``mean``, ``robust``, ``dp``).
+aggregator (TFF's part of that name), whichever it is (services/common/aggregators.py names them;
+every one keeps the contract of tests/services/test_aggregator_contract.py).
 
 A round's aggregation (:class:`RoundAggregation`) is opened from the aggregator's state at the
 round's start. For each result it ``receive``-s the header (the client and its weight: the upload
@@ -13,9 +14,11 @@ Each aggregator (:class:`Aggregator`) is its math: how a complete result counts 
 factor its update is multiplied by before it is added to the round's running sum, from the
 result's weight and norms) and how the sum becomes the update (``finish``). TFF's aggregators are
 built the same way (weighted mean, clipping and zeroing wrappers, DP queries: a per-client
-preprocessing, a sum, a server-side post-processing), which is why one running sum serves all
-three; the server holds the round's sum plus at most ``server.upload_slots`` staged results, never
-one per client."""
+preprocessing, a sum, a server-side post-processing), which is why one running sum serves
+``mean``, ``robust`` and ``dp``; the server holds the round's sum plus at most
+``server.upload_slots`` staged results, never one per client. ``secure`` refines the round itself
+(its result layout, who gets the task and may still send, its phases: ``open_round`` returns its
+own RoundAggregation) and sums masked words instead of floats."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -37,7 +40,11 @@ from services.server.aggregation.staging import (
     Slots,
     Upload,
     check_result_layout,
+    check_weight,
 )
+
+if TYPE_CHECKING:
+    from services.common.config import TrainingSettings
 
 State = dict[str, np.float32]  # an aggregator's state between rounds: named float32 scalars
 
@@ -68,6 +75,12 @@ class Aggregator(ABC):
         check_result_layout(layout)
         self.layout = layout
         self.slots = slots
+
+    @classmethod
+    def from_settings(cls, training: TrainingSettings, layout: tensors.Layout, slots: Slots) -> Aggregator:
+        """The aggregator as ``training`` configures it (services.server.aggregation.aggregator_for);
+        one that reads no setting of its own is built from the layout and the slots alone."""
+        return cls(layout, slots)
 
     def open_round(self, state: State) -> RoundAggregation:
         return RoundAggregation(self, state)
@@ -135,10 +148,7 @@ class RoundAggregation:
 
     def receive(self, client: str, weight: float, timeout: float) -> Upload:
         """A result's header: wait up to ``timeout`` seconds for an upload slot, then stage it."""
-        with np.errstate(over="ignore"):
-            w = np.float32(weight)
-        if not (np.isfinite(w) and w > 0):
-            raise LayoutError(f"update_weight must be a finite number > 0, got {weight}")
+        w = check_weight(weight)
         if self.closed:
             raise RoundClosed("the round closed before this result arrived")
         slots = self.aggregator.slots

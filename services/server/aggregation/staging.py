@@ -76,15 +76,6 @@ class Slots:
     def release(self) -> None:
         self._semaphore.release()
 
-    def free(self) -> int:
-        """Slots not held right now (a snapshot, for tests)."""
-        taken = 0
-        while self._semaphore.acquire(blocking=False):
-            taken += 1
-        for _ in range(taken):
-            self._semaphore.release()
-        return taken
-
 
 @dataclass(frozen=True)
 class Norms:
@@ -111,6 +102,16 @@ def check_result_layout(layout: tensors.Layout) -> None:
     for leaf in update:
         if leaf.dtype.kind != "f":
             raise TypeError(f"aggregators need floating updates; {leaf.path} is {leaf.dtype}")
+
+
+def check_weight(weight: float) -> np.float32:
+    """A result header's ``update_weight`` as the float32 it counts as: finite and > 0 (a weight
+    past float32's range is Inf, one below it 0), else LayoutError."""
+    with np.errstate(over="ignore"):
+        w = np.float32(weight)
+    if not (np.isfinite(w) and w > 0):
+        raise LayoutError(f"update_weight must be a finite number > 0, got {weight}")
+    return w
 
 
 def stage(buffer: np.ndarray, received: int, data: bytes | bytearray | memoryview) -> int:

@@ -1,4 +1,5 @@
-"""An owned TFF execution context.
+"""An owned TFF execution context, for the tests that compare with TFF's own algorithms (no service
+starts one: the services run TFF's math in-process).
 
 TFF's default local context starts a C++ ``worker_binary`` that outlives its Python parent and,
 when the binary dies (SIGILL at start on some CPUs, or later), retries the call forever. Here we
