@@ -10,6 +10,8 @@ USAGE = """usage: tff-k8s <command> [options]
 commands:
   local    run a federation (1 server + N clients) on this machine, on loopback
   render   write the Kubernetes manifests a stack declares as YAML (for review and scanners)
+  task     `task check --task T [--data D]`: load a learning task and its data, run one local step, say what
+           it needs (docs/tasks.md)
 
 run `tff-k8s <command> --help` for a command's options."""
 
@@ -26,7 +28,16 @@ def _render(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"local": _local, "render": _render}
+def _task(argv: Sequence[str]) -> int:
+    if not argv or argv[0] != "check":
+        print("usage: tff-k8s task check --task FILE_OR_MODULE [--data DIR] [--set key=value ...]", file=sys.stderr)
+        return 2
+    from services.tasks.check import main
+
+    return main(argv[1:])
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"local": _local, "render": _render, "task": _task}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

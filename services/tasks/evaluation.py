@@ -59,7 +59,7 @@ def flat_metrics(unfinalized: Mapping[str, Any]) -> dict[str, float]:
     """A client's unfinalized metrics as result metrics: each variable's values as ``ev_<name>_<i>``."""
     out: dict[str, float] = {}
     for name, values in unfinalized.items():
-        flat = np.concatenate([np.ravel(np.asarray(v, dtype=np.float64)) for v in values]) if values else []
+        flat: Any = np.concatenate([np.ravel(np.asarray(v, dtype=np.float64)) for v in values]) if values else []
         out.update({f"{PREFIX}{name}_{i}": float(v) for i, v in enumerate(flat)})
     return out
 

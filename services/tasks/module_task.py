@@ -73,6 +73,7 @@ class ModuleTask(LearningTask):
     def read(self, folder: Path, spec: InputSpec) -> Arrays:
         if self.data_format is not None:
             return super().read(folder, spec)
+        assert callable(self.loader)
         try:
             x, y = self.loader(folder)
         except TaskError:

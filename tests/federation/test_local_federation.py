@@ -94,7 +94,7 @@ def test_exported_model_loads_with_plain_keras_and_scores_the_same(default_run) 
 
 
 def test_default_run_equals_tff_single_process_fedavg(default_run) -> None:
-    from fedavg_reference import reference_weights
+    from support.fedavg_reference import reference_weights
 
     out, _, _ = default_run
     cfg = load_config(out / "federation.yaml", environ={})
@@ -105,7 +105,7 @@ def test_default_run_equals_tff_single_process_fedavg(default_run) -> None:
 
 
 def test_three_clients_equal_tff_fedavg_after_three_rounds(three_client_run) -> None:
-    from fedavg_reference import reference_weights
+    from support.fedavg_reference import reference_weights
 
     out, proc = three_client_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -19,7 +19,8 @@ from services.tasks.spec import DataFormat, TaskError
 def read(folder: Path, fmt: DataFormat, spec: InputSpec) -> Arrays:
     if any(d is None for d in spec.shape):
         raise TaskError(f"{folder}: tfrecord needs a model input of fixed shape, the model's is {spec.describe()}")
-    size = int(np.prod(spec.shape, dtype=np.int64))
+    shape = tuple(int(d) for d in spec.shape if d is not None)
+    size = int(np.prod(shape, dtype=np.int64))
     label_size = int(np.prod(spec.label.shape, dtype=np.int64))
     x_dtype = tf.float32 if np.dtype(spec.dtype).kind == "f" else tf.int64
     y_dtype = tf.float32 if np.dtype(spec.label.dtype).kind == "f" else tf.int64
@@ -31,7 +32,7 @@ def read(folder: Path, fmt: DataFormat, spec: InputSpec) -> Arrays:
         try:
             for record in tf.data.TFRecordDataset(str(f)):
                 example = tf.io.parse_single_example(record, features)
-                xs.append(example[fmt.feature].numpy().reshape(spec.shape))
+                xs.append(example[fmt.feature].numpy().reshape(shape))
                 ys.append(example[fmt.label].numpy().reshape(spec.label.shape))
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
             raise TaskError(f"{f}: a record does not hold feature {fmt.feature!r} ({size} values) and label "

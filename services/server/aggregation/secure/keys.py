@@ -10,21 +10,32 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from services.common import tensors
+from services.common.config import SecureSettings
 from services.common.secagg import shamir
 from services.common.secagg.crypto import KEY_BYTES, ciphertext_bytes
 from services.common.secagg.graph import neighbours
+from services.common.secagg.layout import MaskedLayout
 from services.common.secagg.params import ParamsError, RoundParams
 from services.server.aggregation.interface import RoundAggregation, State
-from services.server.aggregation.staging import Contribution, RoundClosed
+from services.server.aggregation.staging import Contribution, RoundClosed, Slots
 from services.server.refusals import Reject
 
-if TYPE_CHECKING:
-    from services.server.aggregation.secure import SecureAggregator
+
+class SecureAggregatorView(Protocol):
+    """What a secure round reads of its aggregator (services/server/aggregation/secure/__init__.py's
+    SecureAggregator), named here so the round's modules need not import the package that holds them."""
+
+    settings: SecureSettings
+    masked: MaskedLayout
+    slots: Slots
+    clock: Callable[[], float]
+
+    def params(self, n: int) -> RoundParams: ...
 
 SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES  # the self-mask seed's share, then the mask key's
 SHARE_CIPHERTEXT_BYTES = ciphertext_bytes(SHARE_PLAINTEXT_BYTES)
@@ -41,8 +52,8 @@ class KeyPhases(RoundAggregation):
     (close, finish); its key phases. Clients are known by their index in the round (a random order
     of the sampled). Refusals are the servicer's (services/server/refusals.py)."""
 
-    def __init__(self, aggregator: SecureAggregator, state: State) -> None:  # noqa: D107 - no float sums
-        self.aggregator: SecureAggregator = aggregator
+    def __init__(self, aggregator: SecureAggregatorView, state: State) -> None:  # noqa: D107 - no float sums
+        self.aggregator: SecureAggregatorView = aggregator  # type: ignore[assignment]  # a SecureAggregator: an Aggregator
         self.state = state
         self.contributions: list[Contribution] = []
         self.closed = False
