@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,3 +26,14 @@ def fresh_folders(out: Path, shards: int) -> Iterator[tuple[str, Path]]:
         folder = out / name
         folder.mkdir(parents=True)
         yield name, folder
+
+
+def parser(doc: str | None, here: Path, *, model: bool) -> argparse.ArgumentParser:
+    """An example's prepare command line: --out, --shards, --seed (and --write-model)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=here / "data")
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    if model:
+        p.add_argument("--write-model", action="store_true", help="write model.json beside this script again")
+    return p

@@ -9,14 +9,13 @@ data set's feature means and variances (what a user computes from their own data
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
-from examples.shards import fresh_folders, shard_indices
+from examples.shards import fresh_folders, parser, shard_indices
 
 HERE = Path(__file__).parent
 MODEL = HERE / "model.json"
@@ -55,12 +54,7 @@ def model_config(mean: np.ndarray, variance: np.ndarray) -> dict:
 def main() -> None:
     from sklearn.datasets import load_breast_cancer
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=HERE / "data")
-    p.add_argument("--shards", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write-model", action="store_true", help="write model.json beside this script again")
-    args = p.parse_args()
+    args = parser(__doc__, HERE, model=True).parse_args()
     data = load_breast_cancer()
     columns = [name.replace(" ", "_") for name in data.feature_names]
     shards, held = shard_indices(len(data.target), args.shards, seed=args.seed, held_out=0.2)

@@ -8,12 +8,11 @@ itself (``model.to_json()``), so the declarative task needs no code.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from examples.shards import fresh_folders, shard_indices
+from examples.shards import fresh_folders, parser, shard_indices
 
 HERE = Path(__file__).parent
 MODEL = HERE / "model.json"
@@ -37,12 +36,7 @@ def main() -> None:
     import tensorflow as tf
     from sklearn.datasets import load_digits
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=HERE / "data")
-    p.add_argument("--shards", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write-model", action="store_true", help="write model.json beside this script again")
-    args = p.parse_args()
+    args = parser(__doc__, HERE, model=True).parse_args()
     digits = load_digits()
     pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., np.newaxis]
     shards, held = shard_indices(len(digits.target), args.shards, seed=args.seed, held_out=0.2)

@@ -7,10 +7,9 @@ client shards, with a few held out.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from examples.shards import fresh_folders
+from examples.shards import fresh_folders, parser
 
 HERE = Path(__file__).parent
 
@@ -18,9 +17,7 @@ HERE = Path(__file__).parent
 def main() -> None:
     from pydoc_data.topics import topics
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=HERE / "data")
-    p.add_argument("--shards", type=int, default=4)
+    p = parser(__doc__, HERE, model=False)
     p.add_argument("--max-chars", type=int, default=120_000, help="text per shard at most (keeps rounds short)")
     args = p.parse_args()
     folders = [folder for _, folder in fresh_folders(args.out, args.shards)]  # the shards, then held-out

@@ -35,11 +35,7 @@ def check_arrays(arrays: Arrays, spec: InputSpec, where: str) -> Arrays:
         raise TaskError(f"{where}: input x: expected {spec.describe()}, found {x.shape} {x.dtype}")
     want = np.dtype(spec.dtype)
     if want.kind == "f":
-        if x.dtype.kind not in "iuf":
-            raise TaskError(f"{where}: input x: expected numbers ({spec.dtype}), found {x.dtype}")
-        x = x.astype(want, copy=False)
-        if not np.all(np.isfinite(x)):
-            raise TaskError(f"{where}: input x: holds NaN or infinite values")
+        x = _floats(x, want, where, "input x")
     elif x.dtype.kind in "iu":
         x = _integers(x, want, where, "input x")
     else:
@@ -53,12 +49,7 @@ def _labels(y: np.ndarray, label: Label, where: str) -> np.ndarray:
                         f"found {y.shape}".replace("(N, )", "(N,)"))
     want = np.dtype(label.dtype)
     if want.kind == "f":
-        if y.dtype.kind not in "iuf":
-            raise TaskError(f"{where}: label y: expected numbers ({label.dtype}), found {y.dtype}")
-        y = y.astype(want, copy=False)
-        if not np.all(np.isfinite(y)):
-            raise TaskError(f"{where}: label y: holds NaN or infinite values")
-        return y
+        return _floats(y, want, where, "label y")
     if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         y = y.astype(np.int64)  # CSV readers give whole numbers as floats
     if y.dtype.kind not in "iu":
@@ -68,6 +59,15 @@ def _labels(y: np.ndarray, label: Label, where: str) -> np.ndarray:
         raise TaskError(f"{where}: label y: class ids must be in 0..{label.classes - 1}, found "
                         f"{int(y.min())}..{int(y.max())}")
     return y
+
+
+def _floats(a: np.ndarray, want: np.dtype, where: str, what: str) -> np.ndarray:
+    if a.dtype.kind not in "iuf":
+        raise TaskError(f"{where}: {what}: expected numbers ({want}), found {a.dtype}")
+    a = a.astype(want, copy=False)
+    if not np.all(np.isfinite(a)):
+        raise TaskError(f"{where}: {what}: holds NaN or infinite values")
+    return a
 
 
 def _integers(a: np.ndarray, want: np.dtype, where: str, what: str) -> np.ndarray:
