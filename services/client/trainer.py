@@ -50,8 +50,10 @@ class ClientUpdate:
                       # The same training loop as DATASET_REDUCE (TFF's default), ~6x faster on large models in eager.
                       loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR)
         if task.training.algorithm == "fedprox":
-            self.update = proximal_client_work.build_model_delta_update_with_tff_optimizer(
+            proximal = proximal_client_work.build_model_delta_update_with_tff_optimizer(
                 lambda: self.model, delta_l2_regularizer=task.training.proximal_mu, **common)
+            # FedProx's update takes no hyperparameters: the optimizer carries its own.
+            self.update = lambda optimizer, weights, data, _hparams: proximal(optimizer, weights, data)
         else:
             self.update = model_delta_client_work.build_model_delta_update_with_tff_optimizer(
                 lambda: self.model, **common)
