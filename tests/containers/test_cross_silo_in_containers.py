@@ -14,10 +14,11 @@ import base64
 import copy
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diagnosis
 import pytest
 from kube import (
     Play,
@@ -58,13 +59,50 @@ class Federation:
     server_ip: str
     metrics_port: int
     claim: Path
-    separated_from_hub: dict[str, bool]  # silo -> its clients could not reach the server's own address
+    public_port: int
+    rules: list[list[str]]  # the firewall rules keeping the clusters apart
+    subnets: list[str]
+    separated_from_hub: dict[str, bool] = field(default_factory=dict)  # silo -> could not reach the server's own address
 
     def server_metric(self, name: str, labels: str = "") -> float:
         return metric(f"{self.server_ip}:{self.metrics_port}", name, labels)
 
     def rows(self) -> list[dict[str, Any]]:
         return records(self.claim)
+
+    def failure_report(self) -> str:
+        """Everything needed to tell a product fault from a harness one (tests/containers/conftest.py
+        adds it to a failed test's report): the rounds on disk, every cluster's containers and logs,
+        what each silo resolves the hub's public name to and whether its published port connects,
+        and the firewall rules."""
+        parts = [f"=== rounds on disk: {_silo_runs(self.rows())}"]
+        try:
+            parts.append("=== hub metrics: " + ", ".join(
+                f"{name} {self.server_metric(name):g}" for name in
+                ("tff_k8s_clients_connected", "tff_k8s_rounds_completed_total", "tff_k8s_training_finished")))
+        except (OSError, AssertionError) as exc:
+            parts.append(f"=== hub metrics unreadable: {exc!r}")
+        parts.append("=== containers")
+        parts += [diagnosis.containers(name, play) for name, play in {HUB: self.hub, **self.silos}.items()]
+        parts.append(f"=== each silo to the hub's public name and published port ({HUB_NAME}:{self.public_port})")
+        parts += [diagnosis.reach(name, play, HUB_NAME, self.public_port) for name, play in self.silos.items()]
+        parts.append("=== firewall")
+        parts.append(diagnosis.firewall(self.rules, [*self.subnets, self.server_ip, str(self.public_port),
+                                                     "HOSTPORT"]))
+        return "\n".join(parts)
+
+
+def _silo_runs(rows: list[dict[str, Any]]) -> str:
+    """Rounds by the silos counted in them, consecutive rounds together: '1-12 silo-a; 13 silo-a+silo-b'."""
+    runs: list[list[Any]] = []
+    for row in rows:
+        silos = "+".join(sorted(row.get("silos", {}))) or "no silo"
+        if runs and runs[-1][2] == silos and runs[-1][1] == row["round"] - 1:
+            runs[-1][1] = row["round"]
+        else:
+            runs.append([row["round"], row["round"], silos])
+    text = "; ".join(f"{a}-{b} {s}" if a != b else f"{a} {s}" for a, b, s in runs)
+    return f"{len(rows)} ({text})" if rows else "none"
 
 
 def _with_client_identity(manifests: list[dict[str, Any]], cert: str, key: str) -> list[dict[str, Any]]:
@@ -132,16 +170,20 @@ def federation(image: str, tmp_path: Path) -> Iterator[Federation]:
                                          first_pod=cfg.deployment.server.name,
                                          publish={fed.server.port: public_port})
                 plays[name] = stack.enter_context(played(transformed, work, subnets[name], server_ip))
-                stack.enter_context(separated(list(subnets.values())))
+                rules = stack.enter_context(separated(list(subnets.values())))
             else:
                 transformed = for_podman(manifests, image=image, files=PodmanFiles(work), uid=uid,
                                          aliases={HUB_NAME: gateway(subnets[name])}, prefix=f"{name}-")
                 plays[name] = stack.enter_context(played(transformed, work, subnets[name], None))
         claim = tmp_path / HUB / "claims" / f"{cfg.deployment.server.name}-checkpoints"
         hub = plays.pop(HUB)
-        wait_for("the silos' clients started", lambda: all(p.containers() for p in plays.values()), START_S, hub)
-        separated_from_hub = {name: not _reaches(play, server_ip, fed.server.port) for name, play in plays.items()}
-        yield Federation(hub, plays, server_ip, fed.server.metrics_port, claim, separated_from_hub)
+        federation = Federation(hub, plays, server_ip, fed.server.metrics_port, claim, public_port, rules,
+                                [str(s) for s in subnets.values()])
+        wait_for("the silos' clients started", lambda: all(p.containers() for p in plays.values()), START_S,
+                 report=federation.failure_report)
+        federation.separated_from_hub = {name: not _reaches(play, server_ip, fed.server.port)
+                                         for name, play in plays.items()}
+        yield federation
 
 
 def test_silos_train_across_clusters_a_stray_is_refused_and_a_dead_silo_does_not_stall(
@@ -153,7 +195,8 @@ def test_silos_train_across_clusters_a_stray_is_refused_and_a_dead_silo_does_not
     def both_silos_counted() -> bool:
         return any(set(r.get("silos", {})) == set(SILOS) for r in fed.rows())
 
-    wait_for("a round with both silos' results", both_silos_counted, START_S + 300, fed.hub, poll=0.2)
+    wait_for("a round with both silos' results", both_silos_counted, START_S + 300, poll=0.2,
+             report=lambda: "see the federation's report below")
     # silo-b's clients all die (their pods stopped, as a cluster outage would). Rounds take a fraction of a
     # second here, so the server is paused meanwhile: the rounds stand still until silo-b is gone.
     with fed.hub.paused(fed.hub.containers()[0].name):
