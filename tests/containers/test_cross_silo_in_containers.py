@@ -70,6 +70,13 @@ class Federation:
     def rows(self) -> list[dict[str, Any]]:
         return records(self.claim)
 
+    def clients_connected(self) -> float:
+        """The hub's count of live clients (a refused stray is never one); 0 until it serves /metrics."""
+        try:
+            return self.server_metric("tff_k8s_clients_connected")
+        except OSError:
+            return 0.0
+
     def failure_report(self) -> str:
         """Everything needed to tell a product fault from a harness one (tests/containers/conftest.py
         adds it to a failed test's report): the rounds on disk, every cluster's containers and logs,
@@ -160,25 +167,31 @@ def federation(image: str, tmp_path: Path) -> Iterator[Federation]:
     uid = cfg.deployment.run_as_user
     with ExitStack() as stack:
         subnets = dict(zip(clusters, free_subnets(len(clusters)), strict=True))
-        plays: dict[str, Play] = {}
         server_ip = str(subnets[HUB].network_address + 10)
-        for name, manifests in clusters.items():
+        claim = tmp_path / HUB / "claims" / f"{cfg.deployment.server.name}-checkpoints"
+
+        def play(name: str, first_ip: str | None = None, **transform: Any) -> Play:
             work = tmp_path / name
             work.mkdir()
-            if name == HUB:
-                transformed = for_podman(manifests, image=image, files=PodmanFiles(work), uid=uid, aliases={},
-                                         first_pod=cfg.deployment.server.name,
-                                         publish={fed.server.port: public_port})
-                plays[name] = stack.enter_context(played(transformed, work, subnets[name], server_ip))
-                rules = stack.enter_context(separated(list(subnets.values())))
-            else:
-                transformed = for_podman(manifests, image=image, files=PodmanFiles(work), uid=uid,
-                                         aliases={HUB_NAME: gateway(subnets[name])}, prefix=f"{name}-")
-                plays[name] = stack.enter_context(played(transformed, work, subnets[name], None))
-        claim = tmp_path / HUB / "claims" / f"{cfg.deployment.server.name}-checkpoints"
-        hub = plays.pop(HUB)
-        federation = Federation(hub, plays, server_ip, fed.server.metrics_port, claim, public_port, rules,
+            transformed = for_podman(clusters[name], image=image, files=PodmanFiles(work), uid=uid, **transform)
+            return stack.enter_context(played(transformed, work, subnets[name], first_ip))
+
+        # The hub first: its published port exists and the clusters are apart before a silo sends a packet.
+        hub = play(HUB, server_ip, aliases={}, first_pod=cfg.deployment.server.name,
+                   publish={fed.server.port: public_port})
+        rules = stack.enter_context(separated(list(subnets.values())))
+        federation = Federation(hub, {}, server_ip, fed.server.metrics_port, claim, public_port, rules,
                                 [str(s) for s in subnets.values()])
+        # silo-a alone meets min_clients, and once they start, the 60 rounds take seconds: a silo-b client
+        # that joined some 20 s after silo-a's (gRPC's reconnect backoff and the client's, up to 10 s each)
+        # found the training over, and no round ever held both silos (issue #28). So silo-b's client joins
+        # first and the first round, opened when silo-a's first client joins, samples both.
+        for name in ("silo-b", "stray", "silo-a"):
+            if name == "silo-a":
+                wait_for("silo-b's client joined", lambda: federation.clients_connected() >= REPLICAS["silo-b"],
+                         START_S, report=federation.failure_report)
+            federation.silos[name] = play(name, aliases={HUB_NAME: gateway(subnets[name])}, prefix=f"{name}-")
+        plays = federation.silos
         wait_for("the silos' clients started", lambda: all(p.containers() for p in plays.values()), START_S,
                  report=federation.failure_report)
         federation.separated_from_hub = {name: not _reaches(play, server_ip, fed.server.port)
