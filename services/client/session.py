@@ -67,7 +67,10 @@ class Backoff:
             raise ServerGone(f"no server for {now - self.failing_since:.0f}s ({why}); giving up")
         delay = random.uniform(0, min(self.max_s, self.initial_s * 2**self.attempt))
         self.attempt += 1
-        log.info("server unavailable, retrying", extra=fields(why=why, delay_s=round(delay, 2)))
+        # A warning each time, with gRPC's reason: a client that cannot reach its server (a silo
+        # behind a firewall, a wrong name) must say so where operators look, not at info.
+        log.warning("server unavailable, retrying", extra=fields(
+            why=why, delay_s=round(delay, 2), failing_for_s=round(now - self.failing_since, 1)))
         self.sleep(delay)
 
 
@@ -139,7 +142,7 @@ class Session:
                 if not isinstance(err, grpc.RpcError) or err.code() not in RETRYABLE:
                     raise
                 self.on_reachable(False)
-                self.backoff.wait(f"{what}: {err.code().name}")
+                self.backoff.wait(f"{what}: {err.code().name}: {err.details()}")
 
     def join(self, task: Mapping[str, str] | None = None) -> Joined:
         """``task``: this client's task contract (services/tasks/contract.py), which the server checks."""

@@ -267,8 +267,9 @@ class Play:
     def container(self, pod_prefix: str) -> list[Container]:
         return [c for c in self.containers() if c.pod.startswith(pod_prefix)]
 
-    def logs(self, container: str, tail: int = 40) -> str:
-        done = run(["podman", "logs", "--tail", str(tail), container], check=False)
+    def logs(self, container: str, tail: int | None = 40) -> str:
+        """The last ``tail`` lines of ``container``'s log (all with None), stdout and stderr."""
+        done = run(["podman", "logs", *(["--tail", str(tail)] if tail is not None else []), container], check=False)
         return done.stdout + done.stderr
 
     def kill(self, container: str) -> None:
@@ -327,10 +328,11 @@ def gateway(subnet: ipaddress.IPv4Network) -> str:
 
 
 @contextmanager
-def separated(subnets: list[ipaddress.IPv4Network]) -> Iterator[None]:
+def separated(subnets: list[ipaddress.IPv4Network]) -> Iterator[list[list[str]]]:
     """Traffic between these podman networks is dropped, except connections to a port the host
     publishes (DNAT-ed): the networks stand for clusters that reach each other only through a load
-    balancer (TRANSFORMS: clusters). The rules go when the block ends."""
+    balancer (TRANSFORMS: clusters). Yields the rules added (for a failure's report); they go when
+    the block ends."""
     rules = [["FORWARD", "-s", str(a), "-d", str(b), "-m", "conntrack", "!", "--ctstate", "DNAT",
               "-m", "comment", "--comment", "tff-e2e-clusters", "-j", "DROP"]
              for a in subnets for b in subnets if a != b]
@@ -339,7 +341,7 @@ def separated(subnets: list[ipaddress.IPv4Network]) -> Iterator[None]:
         for rule in rules:
             run(["iptables", "-I", *rule], timeout=30)
             added.append(rule)
-        yield
+        yield added
     finally:
         for rule in added:
             run(["iptables", "-D", *rule], timeout=30, check=False)
@@ -347,12 +349,16 @@ def separated(subnets: list[ipaddress.IPv4Network]) -> Iterator[None]:
 
 # ---- observing ------------------------------------------------------------------------------------
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float, play: Play | None = None,
-             poll: float = 1.0) -> None:
+             poll: float = 1.0, report: Callable[[], str] | None = None) -> None:
+    """Poll ``predicate`` until it holds; past ``timeout``, fail with ``report()`` (else the last
+    log lines of ``play``'s containers)."""
     end = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > end:
             detail = ""
-            if play is not None:
+            if report is not None:
+                detail = report()
+            elif play is not None:
                 detail = "\n".join(f"--- {c.name} ({c.state.get('Status')}, restarts {c.restarts})\n{play.logs(c.name)}"
                                    for c in play.containers())
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")

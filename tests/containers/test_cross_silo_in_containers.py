@@ -14,10 +14,11 @@ import base64
 import copy
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diagnosis
 import pytest
 from kube import (
     Play,
@@ -59,13 +60,57 @@ class Federation:
     server_ip: str
     metrics_port: int
     claim: Path
-    separated_from_hub: dict[str, bool]  # silo -> its clients could not reach the server's own address
+    public_port: int
+    rules: list[list[str]]  # the firewall rules keeping the clusters apart
+    subnets: list[str]
+    separated_from_hub: dict[str, bool] = field(default_factory=dict)  # silo -> could not reach the server's own address
 
     def server_metric(self, name: str, labels: str = "") -> float:
         return metric(f"{self.server_ip}:{self.metrics_port}", name, labels)
 
     def rows(self) -> list[dict[str, Any]]:
         return records(self.claim)
+
+    def clients_connected(self) -> float:
+        """The hub's count of live clients (a refused stray is never one); 0 until it serves /metrics."""
+        try:
+            return self.server_metric("tff_k8s_clients_connected")
+        except OSError:
+            return 0.0
+
+    def failure_report(self) -> str:
+        """Everything needed to tell a product fault from a harness one (tests/containers/conftest.py
+        adds it to a failed test's report): the rounds on disk, every cluster's containers and logs,
+        what each silo resolves the hub's public name to and whether its published port connects,
+        and the firewall rules."""
+        parts = [f"=== rounds on disk: {_silo_runs(self.rows())}"]
+        try:
+            parts.append("=== hub metrics: " + ", ".join(
+                f"{name} {self.server_metric(name):g}" for name in
+                ("tff_k8s_clients_connected", "tff_k8s_rounds_completed_total", "tff_k8s_training_finished")))
+        except (OSError, AssertionError) as exc:
+            parts.append(f"=== hub metrics unreadable: {exc!r}")
+        parts.append("=== containers")
+        parts += [diagnosis.containers(name, play) for name, play in {HUB: self.hub, **self.silos}.items()]
+        parts.append(f"=== each silo to the hub's public name and published port ({HUB_NAME}:{self.public_port})")
+        parts += [diagnosis.reach(name, play, HUB_NAME, self.public_port) for name, play in self.silos.items()]
+        parts.append("=== firewall")
+        parts.append(diagnosis.firewall(self.rules, [*self.subnets, self.server_ip, str(self.public_port),
+                                                     "HOSTPORT"]))
+        return "\n".join(parts)
+
+
+def _silo_runs(rows: list[dict[str, Any]]) -> str:
+    """Rounds by the silos counted in them, consecutive rounds together: '1-12 silo-a; 13 silo-a+silo-b'."""
+    runs: list[list[Any]] = []
+    for row in rows:
+        silos = "+".join(sorted(row.get("silos", {}))) or "no silo"
+        if runs and runs[-1][2] == silos and runs[-1][1] == row["round"] - 1:
+            runs[-1][1] = row["round"]
+        else:
+            runs.append([row["round"], row["round"], silos])
+    text = "; ".join(f"{a}-{b} {s}" if a != b else f"{a} {s}" for a, b, s in runs)
+    return f"{len(rows)} ({text})" if rows else "none"
 
 
 def _with_client_identity(manifests: list[dict[str, Any]], cert: str, key: str) -> list[dict[str, Any]]:
@@ -123,26 +168,36 @@ def federation(image: str, tmp_path: Path) -> Iterator[Federation]:
     uid = cfg.deployment.run_as_user
     with ExitStack() as stack:
         subnets = dict(zip(clusters, free_subnets(len(clusters)), strict=True))
-        plays: dict[str, Play] = {}
         server_ip = str(subnets[HUB].network_address + 10)
-        for name, manifests in clusters.items():
+        claim = tmp_path / HUB / "claims" / f"{cfg.deployment.server.name}-checkpoints"
+
+        def play(name: str, first_ip: str | None = None, **transform: Any) -> Play:
             work = tmp_path / name
             work.mkdir()
-            if name == HUB:
-                transformed = for_podman(manifests, image=image, files=PodmanFiles(work), uid=uid, aliases={},
-                                         first_pod=cfg.deployment.server.name,
-                                         publish={fed.server.port: public_port})
-                plays[name] = stack.enter_context(played(transformed, work, subnets[name], server_ip))
-                stack.enter_context(separated(list(subnets.values())))
-            else:
-                transformed = for_podman(manifests, image=image, files=PodmanFiles(work), uid=uid,
-                                         aliases={HUB_NAME: gateway(subnets[name])}, prefix=f"{name}-")
-                plays[name] = stack.enter_context(played(transformed, work, subnets[name], None))
-        claim = tmp_path / HUB / "claims" / f"{cfg.deployment.server.name}-checkpoints"
-        hub = plays.pop(HUB)
-        wait_for("the silos' clients started", lambda: all(p.containers() for p in plays.values()), START_S, hub)
-        separated_from_hub = {name: not _reaches(play, server_ip, fed.server.port) for name, play in plays.items()}
-        yield Federation(hub, plays, server_ip, fed.server.metrics_port, claim, separated_from_hub)
+            transformed = for_podman(clusters[name], image=image, files=PodmanFiles(work), uid=uid, **transform)
+            return stack.enter_context(played(transformed, work, subnets[name], first_ip))
+
+        # The hub first: its published port exists and the clusters are apart before a silo sends a packet.
+        hub = play(HUB, server_ip, aliases={}, first_pod=cfg.deployment.server.name,
+                   publish={fed.server.port: public_port})
+        rules = stack.enter_context(separated(list(subnets.values())))
+        federation = Federation(hub, {}, server_ip, fed.server.metrics_port, claim, public_port, rules,
+                                [str(s) for s in subnets.values()])
+        # silo-a alone meets min_clients, and once they start, the 60 rounds take seconds: a silo-b client
+        # that joined some 20 s after silo-a's (gRPC's reconnect backoff and the client's, up to 10 s each)
+        # found the training over, and no round ever held both silos (issue #28). So silo-b's client joins
+        # first and the first round, opened when silo-a's first client joins, samples both.
+        for name in ("silo-b", "stray", "silo-a"):
+            if name == "silo-a":
+                wait_for("silo-b's client joined", lambda: federation.clients_connected() >= REPLICAS["silo-b"],
+                         START_S, report=federation.failure_report)
+            federation.silos[name] = play(name, aliases={HUB_NAME: gateway(subnets[name])}, prefix=f"{name}-")
+        plays = federation.silos
+        wait_for("the silos' clients started", lambda: all(p.containers() for p in plays.values()), START_S,
+                 report=federation.failure_report)
+        federation.separated_from_hub = {name: not _reaches(play, server_ip, fed.server.port)
+                                         for name, play in plays.items()}
+        yield federation
 
 
 def test_silos_train_across_clusters_a_stray_is_refused_and_a_dead_silo_does_not_stall(
@@ -154,7 +209,8 @@ def test_silos_train_across_clusters_a_stray_is_refused_and_a_dead_silo_does_not
     def both_silos_counted() -> bool:
         return any(set(r.get("silos", {})) == set(SILOS) for r in fed.rows())
 
-    wait_for("a round with both silos' results", both_silos_counted, START_S + 300, fed.hub, poll=0.2)
+    wait_for("a round with both silos' results", both_silos_counted, START_S + 300, poll=0.2,
+             report=lambda: "see the federation's report below")
     # silo-b's clients all die (their pods stopped, as a cluster outage would). Rounds take a fraction of a
     # second here, so the server is paused meanwhile: the rounds stand still until silo-b is gone.
     with fed.hub.paused(fed.hub.containers()[0].name):
