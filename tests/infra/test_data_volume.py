@@ -96,3 +96,23 @@ def test_a_silo_without_data_is_refused_for_a_task_that_reads_files() -> None:
     declared = run_with(edit, check=False)
     assert isinstance(declared.error, StackConfigError)
     assert "deployment.silos.0.data.pvc" in str(declared.error)
+
+
+def test_the_documented_kind_copy_pod_passes_the_namespace_rules_and_feeds_the_claim() -> None:
+    """docs/kubernetes.md's one-off copy Pod: restricted, with requests and limits (the namespace's
+    LimitRange and Pod Security admit it), on the claim deployment.data names."""
+    import re
+
+    import yaml
+
+    from infra.stack_files import REPO_ROOT
+    from policy.resource_checks import container_resources, pod_security_restricted
+
+    doc = (REPO_ROOT / "docs/kubernetes.md").read_text()
+    block = re.search(r"<<'YAML'\n(.*?)\nYAML\n", doc, re.S)
+    assert block, "the copy Pod's YAML is gone from docs/kubernetes.md"
+    claim, pod = yaml.safe_load_all(block.group(1))
+    assert pod["kind"] == "Pod" and claim["kind"] == "PersistentVolumeClaim"
+    assert container_resources("Pod", pod) == [] and pod_security_restricted("Pod", pod) == []
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    parse({"data": {"claim": claim["metadata"]["name"]}}, {"task": {"source": EXAMPLE}})
