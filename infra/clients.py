@@ -8,12 +8,13 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import layout
-from infra.config_objects import SECRETS_DIGEST_ANNOTATION
+from infra.config_objects import pod_annotations
 from infra.labels import CLIENT, Labels
 from infra.meta import child, logical, object_meta
 from infra.mounts import VolumeSources, volumes_and_mounts
 from infra.pod_spec import federation_container, federation_pod_spec
 from infra.stack_schema import StackConfig
+from infra.task_bundle import TaskBundle
 
 core, apps, meta_v1 = k8s.core.v1, k8s.apps.v1, k8s.meta.v1
 
@@ -32,6 +33,8 @@ class FederationClients(pulumi.ComponentResource):
         auth_secret: pulumi.Input[str] | None,
         budget: Sequence[pulumi.Resource] = (),
         secrets_digest: pulumi.Output[str] | None = None,
+        task_map: pulumi.Input[str] | None = None,
+        task: TaskBundle | None = None,
         *,
         site: str = "",
         data_claim: str | None = None,
@@ -57,6 +60,8 @@ class FederationClients(pulumi.ComponentResource):
                 tmp_size=c.tmp_size,
                 tls_secret=tls_secret,
                 auth_secret=auth_secret,
+                task_config_map=task_map,
+                task_paths=task.paths if task is not None else None,
                 data_claim=data_claim,
             ),
         )
@@ -91,10 +96,10 @@ class FederationClients(pulumi.ComponentResource):
                     ),
                 ),
                 template=core.PodTemplateSpecArgs(
-                    # A changed template rolls the clients: the hash of the secret material they read at start.
+                    # A changed template rolls the clients: the hashes of the secrets and the task they read at start.
                     metadata=meta_v1.ObjectMetaArgs(
                         labels=meta,
-                        annotations={SECRETS_DIGEST_ANNOTATION: secrets_digest} if secrets_digest else None,
+                        annotations=pod_annotations(secrets_digest, task),
                     ),
                     spec=federation_pod_spec(
                         container,

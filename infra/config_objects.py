@@ -20,12 +20,15 @@ from infra.labels import Labels
 from infra.meta import child, logical, object_meta
 from infra.stack_inputs import Credentials
 from infra.stack_schema import StackConfig
+from infra.task_bundle import TaskBundle, read_bundle
 from services.common.config import FederationConfig, SiloIdentity
 
 core = k8s.core.v1
 
 
 SECRETS_DIGEST_ANNOTATION = "tff-k8s/secrets-sha256"
+# SHA-256 of a declarative task's files (infra/task_bundle.py): a new model rolls the Pods, no image rebuild.
+TASK_DIGEST_ANNOTATION = "tff-k8s/task-sha256"
 
 
 def secrets_digest(material: Mapping[str, Mapping[str, pulumi.Output[str]]]) -> pulumi.Output[str] | None:
@@ -49,10 +52,36 @@ def secrets_digest(material: Mapping[str, Mapping[str, pulumi.Output[str]]]) -> 
     return pulumi.Output.unsecret(pulumi.Output.all(*(value for _, _, value in entries)).apply(digest))
 
 
+def for_pods(fed: FederationConfig, task: TaskBundle | None) -> FederationConfig:
+    """``fed`` as the Pods read it: ``task.source`` at the mounted task file (not the project's path)."""
+    if task is None:
+        return fed
+    return fed.model_copy(update={"task": fed.task.model_copy(update={"source": task.mounted_task_file})})
+
+
+def pod_annotations(
+    secrets_digest: pulumi.Output[str] | None, task: TaskBundle | None
+) -> dict[str, pulumi.Input[str]] | None:
+    """A Pod's annotations: the digests of what it reads at start (a change rolls or replaces the Pods)."""
+    found: dict[str, pulumi.Input[str]] = {}
+    if secrets_digest is not None:
+        found[SECRETS_DIGEST_ANNOTATION] = secrets_digest
+    if task is not None:
+        found[TASK_DIGEST_ANNOTATION] = task.digest
+    return found or None
+
+
 def config_map_name(cfg: StackConfig, text: str | None = None) -> str:
     """``<instance>-federation-<hash of the config text>`` (default text: the stack's federation config)."""
-    digest = hashlib.sha256((cfg.federation.to_yaml() if text is None else text).encode()).hexdigest()[:10]
+    if text is None:
+        text = for_pods(cfg.federation, read_bundle(cfg.federation.task)).to_yaml()
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     return f"{cfg.deployment.instance}-federation-{digest}"
+
+
+def task_map_name(cfg: StackConfig, task: TaskBundle) -> str:
+    """``<instance>-task-<hash of the task's files>``: immutable, like the federation config's map."""
+    return f"{cfg.deployment.instance}-task-{task.digest[:10]}"
 
 
 def with_allowlist(fed: FederationConfig, silos: tuple[SiloIdentity, ...]) -> FederationConfig:
@@ -62,6 +91,8 @@ def with_allowlist(fed: FederationConfig, silos: tuple[SiloIdentity, ...]) -> Fe
 
 class ConfigObjects(pulumi.ComponentResource):
     config_map: pulumi.Output[str]
+    task_config_map: pulumi.Output[str] | None  # a declarative task's files (None: digits or a module task)
+    task: TaskBundle | None
     auth_secret: pulumi.Output[str] | None
     server_tls_secret: pulumi.Output[str] | None
     client_tls_secret: pulumi.Output[str] | None
@@ -84,10 +115,12 @@ class ConfigObjects(pulumi.ComponentResource):
         super().__init__("tff-k8s:config_objects:ConfigObjects", name, None, opts)
         self._labels, self._namespace, self._site = labels.of("config"), namespace, site
         d = cfg.deployment
-        text: pulumi.Input[str] = cfg.federation.to_yaml()
+        task = read_bundle(cfg.federation.task)  # checked by parse; read again for its content
+        fed = for_pods(cfg.federation, task)
+        text: pulumi.Input[str] = fed.to_yaml()
         map_name: pulumi.Input[str] = config_map_name(cfg)
         if allowlist is not None:
-            text = allowlist.apply(lambda silos: with_allowlist(cfg.federation, silos).to_yaml())
+            text = allowlist.apply(lambda silos: with_allowlist(fed, silos).to_yaml())
             map_name = text.apply(lambda t: config_map_name(cfg, t))
         self.config_map = core.ConfigMap(
             logical(site, "federation-config"),
@@ -96,6 +129,16 @@ class ConfigObjects(pulumi.ComponentResource):
             immutable=True,
             opts=child(self),
         ).metadata.name
+        self.task, self.task_config_map = task, None
+        if task is not None:
+            self.task_config_map = core.ConfigMap(
+                logical(site, "task"),
+                metadata=object_meta(task_map_name(cfg, task), namespace, self._labels),
+                data=task.text,
+                binary_data=task.binary_data() or None,
+                immutable=True,
+                opts=child(self),
+            ).metadata.name
         auth, server_tls, client_tls = f"{d.instance}-auth", f"{d.server.name}-tls", f"{d.clients.name}-tls"
         self.auth_secret = self._secret(auth, creds.auth)
         self.server_tls_secret = self._secret(server_tls, creds.server_tls)

@@ -36,7 +36,11 @@ class Federation(pulumi.ComponentResource):
         super().__init__("tff-k8s:federation:Federation", name, None, opts)
         labels = Labels(cfg.deployment.instance)  # computed once; every selector derives from it
         hub = cfg.deployment.hub
-        workloads = Workloads(clients=not cfg.cross_silo, public_service=hub.service_type if cfg.cross_silo else None)
+        workloads = Workloads(
+            clients=not cfg.cross_silo,
+            public_service=hub.service_type if cfg.cross_silo else None,
+            data_claim=cfg.deployment.data is not None,
+        )
         ns = FederationNamespace(f"{name}-namespace", cfg.deployment, labels, workloads, opts=child(self))
         self.namespace = ns.name
         link = hub_ingress(cfg, labels) if cfg.cross_silo else in_cluster_link(cfg, labels)
@@ -54,6 +58,9 @@ class Federation(pulumi.ComponentResource):
             objects.auth_secret,
             budget=ns.budget,
             secrets_digest=objects.server_secrets_digest,
+            task_map=objects.task_config_map,
+            task=objects.task,
+            data_claim=cfg.deployment.data.claim if cfg.deployment.data is not None else None,
             opts=child(self),
         )
         if not cfg.cross_silo:
@@ -76,5 +83,8 @@ class Federation(pulumi.ComponentResource):
             objects.auth_secret,
             budget=ns.budget,
             secrets_digest=objects.client_secrets_digest,
+            task_map=objects.task_config_map,
+            task=objects.task,
+            data_claim=cfg.deployment.data.claim if cfg.deployment.data is not None else None,
             opts=child(self),
         )

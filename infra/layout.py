@@ -14,7 +14,8 @@ Role = Literal["server", "client"]
 CONFIG_FILE = "/etc/tff-k8s/federation.yaml"
 CONFIG_KEY = posixpath.basename(CONFIG_FILE)
 TMP_DIR = "/tmp"  # TensorFlow writes here; the root filesystem is read-only
-DATA_DIR = "/srv/tff-k8s/data"  # a silo's data claim (read-only); federation.data.npz_dir lies below it
+DATA_DIR = "/srv/tff-k8s/data"  # the data claim (read-only); federation.data.path / npz_dir lie below it
+TASK_DIR = "/etc/tff-k8s/task"  # a declarative task's ConfigMap: the task file and its model file
 INIT = ["/usr/bin/tini", "-g", "--"]  # reaps TFF's worker_binary and signals its process group
 PYTHON = "/opt/venv/bin/python"  # the image's environment (services/Dockerfile); absolute, needs no PATH
 
@@ -46,8 +47,12 @@ def mount_points(fed: FederationConfig, role: Role) -> dict[str, str]:
     points = {"(config file)": CONFIG_FILE, "(scratch)": TMP_DIR}
     if role == "server":
         points["federation.server.output_dir"] = fed.server.output_dir
-    if role == "client" and fed.data.source == "npz":
-        points["federation.data.npz_dir"] = DATA_DIR
+    if role == "client" and fed.data.source in ("npz", "files"):
+        points[f"federation.data.{'npz_dir' if fed.data.source == 'npz' else 'path'}"] = DATA_DIR
+    if role == "server" and fed.data.server_eval_path:
+        points["federation.data.server_eval_path"] = DATA_DIR
+    if fed.task.kind == "file":
+        points["federation.task.source"] = TASK_DIR
     if (tls := tls_dir(fed)) is not None:
         points["federation.security.ca_file"] = tls
     if (auth := auth_dir(fed)) is not None:

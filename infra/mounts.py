@@ -26,7 +26,9 @@ class VolumeSources:
     checkpoints_claim: pulumi.Input[str] | None = None
     tls_secret: pulumi.Input[str] | None = None
     auth_secret: pulumi.Input[str] | None = None
-    data_claim: str | None = None  # a silo's own .npz files (read-only)
+    data_claim: str | None = None  # the data set (read-only): a silo's own, or deployment.data's
+    task_config_map: pulumi.Input[str] | None = None  # a declarative task's files
+    task_paths: dict[str, str] | None = None  # ConfigMap key -> path below layout.TASK_DIR
 
 
 def _secret_volume(name: str, secret: pulumi.Input[str], files: dict[str, str]) -> core.VolumeArgs:
@@ -74,7 +76,7 @@ def volumes_and_mounts(
             )
         )
         mounts.append(core.VolumeMountArgs(name="checkpoints", mount_path=fed.server.output_dir))
-    if role == "client" and src.data_claim is not None:
+    if src.data_claim is not None and (role == "client" or fed.data.server_eval_path):
         volumes.append(
             core.VolumeArgs(
                 name="data",
@@ -84,6 +86,12 @@ def volumes_and_mounts(
             )
         )
         mounts.append(core.VolumeMountArgs(name="data", mount_path=layout.DATA_DIR, read_only=True))
+    if src.task_config_map is not None and src.task_paths:
+        items = [core.KeyToPathArgs(key=key, path=path) for key, path in sorted(src.task_paths.items())]
+        volumes.append(
+            core.VolumeArgs(name="task", config_map=core.ConfigMapVolumeSourceArgs(name=src.task_config_map, items=items))
+        )
+        mounts.append(core.VolumeMountArgs(name="task", mount_path=layout.TASK_DIR, read_only=True))
     if (tls_dir := layout.tls_dir(fed)) is not None and src.tls_secret is not None:
         volumes.append(_secret_volume("tls", src.tls_secret, _tls_files(fed, role)))
         mounts.append(core.VolumeMountArgs(name="tls", mount_path=tls_dir, read_only=True))

@@ -49,7 +49,13 @@ class Workloads:
     server: bool = True
     clients: bool = True
     public_service: Literal["LoadBalancer", "NodePort"] | None = None
-    data_claim: bool = False  # a silo's data: a claim made outside this program, in the namespace it makes
+    data_claim: bool = False  # the data set: a claim made outside this program, in the namespace it makes
+
+
+def _storage(d: DeploymentSettings, w: Workloads) -> str:
+    """The checkpoint claim, and the data claim (deployment.data.size) when one lives in this namespace."""
+    data = byte_count(d.data.size) if w.data_claim and d.data is not None else 0
+    return format_bytes(byte_count(d.server.storage.size) + data) if data else d.server.storage.size
 
 
 def quota_hard(d: DeploymentSettings, w: Workloads | None = None) -> dict[str, str]:
@@ -63,7 +69,7 @@ def quota_hard(d: DeploymentSettings, w: Workloads | None = None) -> dict[str, s
         **_sum(items, "limits"),
         "pods": str(pods),
         "persistentvolumeclaims": str(int(w.server) + int(w.data_claim)),
-        **({"requests.storage": d.server.storage.size} if w.server else {}),
+        **({"requests.storage": _storage(d, w)} if w.server else {}),
         "services.loadbalancers": "1" if w.public_service == "LoadBalancer" else "0",
         # a LoadBalancer Service allocates a node port too (allocateLoadBalancerNodePorts)
         "services.nodeports": "1" if w.public_service else "0",

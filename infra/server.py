@@ -7,12 +7,13 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config_objects import SECRETS_DIGEST_ANNOTATION
+from infra.config_objects import SECRETS_DIGEST_ANNOTATION, TASK_DIGEST_ANNOTATION, pod_annotations
 from infra.labels import SERVER, Labels
 from infra.meta import child, object_meta
 from infra.mounts import VolumeSources, volumes_and_mounts
 from infra.pod_spec import federation_container, federation_pod_spec
 from infra.stack_schema import StackConfig
+from infra.task_bundle import TaskBundle
 
 core = k8s.core.v1
 
@@ -32,8 +33,13 @@ class FederationServer(pulumi.ComponentResource):
         auth_secret: pulumi.Input[str] | None,
         budget: Sequence[pulumi.Resource] = (),
         secrets_digest: pulumi.Output[str] | None = None,
+        task_map: pulumi.Input[str] | None = None,
+        task: TaskBundle | None = None,
+        data_claim: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``data_claim``: the clients' data claim, mounted read-only when the server evaluates on part of it
+        (federation.data.server_eval_path)."""
         super().__init__("tff-k8s:server:FederationServer", name, None, opts)
         d, fed = cfg.deployment, cfg.federation
         s = d.server
@@ -64,6 +70,9 @@ class FederationServer(pulumi.ComponentResource):
                 checkpoints_claim=claim.metadata.name,
                 tls_secret=tls_secret,
                 auth_secret=auth_secret,
+                data_claim=data_claim,
+                task_config_map=task_map,
+                task_paths=task.paths if task is not None else None,
             ),
         )
         container = federation_container(
@@ -78,8 +87,8 @@ class FederationServer(pulumi.ComponentResource):
             mounts=mounts,
         )
         # A bare Pod is not restarted by an annotation change, only by replacement: replace it when the
-        # secret material it read at start has changed (config_objects.secrets_digest).
-        digest = {SECRETS_DIGEST_ANNOTATION: secrets_digest} if secrets_digest is not None else None
+        # secret material or the task it read at start has changed (config_objects.secrets_digest).
+        digest = pod_annotations(secrets_digest, task)
         pod = core.Pod(
             s.name,
             metadata=object_meta(s.name, namespace, meta, digest),
@@ -96,7 +105,9 @@ class FederationServer(pulumi.ComponentResource):
                 self,
                 delete_before_replace=True,
                 depends_on=list(budget),
-                replace_on_changes=[f'metadata.annotations["{SECRETS_DIGEST_ANNOTATION}"]'],
+                replace_on_changes=[
+                    f'metadata.annotations["{key}"]' for key in (SECRETS_DIGEST_ANNOTATION, TASK_DIGEST_ANNOTATION)
+                ],
             ),
         )
         service = core.Service(

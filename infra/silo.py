@@ -68,6 +68,8 @@ class FederationSilo(pulumi.ComponentResource):
             objects.auth_secret,
             budget=ns.budget,
             secrets_digest=objects.client_secrets_digest,
+            task_map=objects.task_config_map,
+            task=objects.task,
             site=silo.name,
             data_claim=silo.data.pvc,
             opts=child(self),

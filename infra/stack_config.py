@@ -9,6 +9,7 @@ TensorFlow).
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from infra import layout
 from infra.cross_silo_checks import cross_silo_problems
 from infra.image_ref import check_image
 from infra.stack_schema import StackConfig
+from infra.task_bundle import TaskBundleError, read_bundle
 from services.common import config
 from services.common.config import from_mapping
 
@@ -52,10 +54,19 @@ def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
         )
     if fed.client.health_port == 0:
         problems.append(("federation.client.health_port", "0 turns off the health server the probes need"))
-    if fed.data.source == "npz":
+    if not cfg.cross_silo and fed.data.source == "npz":
         problems.append(
-            ("federation.data.source", "'npz' needs a data volume this program does not mount; use digits")
+            (
+                "federation.data.source",
+                "'npz' is the cross-silo silos' own .npz data (deployment.silos.<i>.data.pvc); in one cluster "
+                "use digits, or put a data set on a claim and set deployment.data.claim",
+            )
         )
+    problems += _data_problems(cfg)
+    try:
+        read_bundle(fed.task)
+    except TaskBundleError as exc:
+        problems.append((exc.key, exc.message))
     problems += layout.mount_problems(fed)
     if d.environment == "prod":
         try:
@@ -67,6 +78,68 @@ def _cross_checks(cfg: StackConfig) -> list[tuple[str, str]]:
         if not fed.security.token_file:
             problems.append(("federation.security.token_file", "prod requires client auth: set a token path"))
     return problems
+
+
+def _data_problems(cfg: StackConfig) -> list[tuple[str, str]]:
+    d, fed = cfg.deployment, cfg.federation
+    task = fed.task
+    if cfg.cross_silo:
+        problems = [(f"deployment.silos.{i}.data.pvc",
+                     f"task {task.source!r} reads its data from files, and this silo has none: set the claim "
+                     "holding the silo's data") for i, silo in enumerate(d.silos)
+                    if task.kind != "builtin" and silo.data.pvc is None]
+        if d.data is not None:
+            problems.append(("deployment.data", "one cluster only: give each silo its own deployment.silos.<i>.data"))
+        return problems
+    if d.data is None and (task.kind != "builtin" or fed.data.source == "files"):
+        return [_no_data(task.source, fed.data.source)]
+    return []
+
+
+def _no_data(task: str, source: str) -> tuple[str, str]:
+    return (
+        "deployment.data.claim",
+        f"task {task!r} with data.source {source!r} reads client data from files no Pod mounts: set "
+        "deployment.data.claim to the PersistentVolumeClaim that holds them (docs/kubernetes.md)",
+    )
+
+
+def _data_from_volume(deployment: Mapping[str, Any], federation: dict[str, Any]) -> list[tuple[str, str]]:
+    """Point ``federation.data`` at the data volume the program mounts (before the federation is
+    validated: ``source files`` needs a path). The exact path is set once the volume is validated."""
+    data = federation.get("data")
+    data = dict(data) if isinstance(data, Mapping) else {}
+    task = federation.get("task")
+    source = task.get("source") if isinstance(task, Mapping) else None
+    if deployment.get("silos"):
+        if isinstance(source, str) and source not in config.BUILTIN_TASKS and "source" not in data:
+            federation["data"] = data | {"source": "files", "path": layout.DATA_DIR, "sharded": False}
+        return []
+    volume = deployment.get("data")
+    if not isinstance(volume, Mapping):
+        if isinstance(source, str) and source not in config.BUILTIN_TASKS and data.get("source") != "files":
+            return [_no_data(source, data.get("source", "digits"))]
+        return []
+    keys = ["source", "path", "sharded"] + (["server_eval_path"] if volume.get("server_eval_sub_path") else [])
+    problems = [
+        (f"federation.data.{key}", "set by the program from deployment.data (files, sharded, at the claim's mount): "
+         "remove it from stack config")
+        for key in keys if key in data
+    ]
+    federation["data"] = {k: v for k, v in data.items() if k not in keys} | {
+        "source": "files", "path": layout.DATA_DIR, "sharded": True
+    }
+    return problems
+
+
+def _at_mount(cfg: StackConfig, data: dict[str, Any]) -> None:
+    """``federation.data``'s paths where the Pods see the data claim (infra/layout.py's DATA_DIR)."""
+    volume = cfg.deployment.data
+    if cfg.cross_silo or volume is None:
+        return
+    data["path"] = posixpath.join(layout.DATA_DIR, volume.sub_path).rstrip("/")
+    if volume.server_eval_sub_path is not None:
+        data["server_eval_path"] = posixpath.join(layout.DATA_DIR, volume.server_eval_sub_path).rstrip("/")
 
 
 # Keys earlier versions had, and what replaced them.
@@ -100,6 +173,7 @@ def parse(deployment: Mapping[str, Any] | None, federation: Mapping[str, Any] | 
             )
         )
         federation["client"] = {k: v for k, v in client.items() if k != "server_address"}
+    problems += _data_from_volume(deployment or {}, federation)
     try:
         cfg = StackConfig.model_validate({"deployment": dict(deployment or {}), "federation": federation})
     except ValidationError as err:
@@ -108,4 +182,5 @@ def parse(deployment: Mapping[str, Any] | None, federation: Mapping[str, Any] | 
         raise _fail(problems)
     dumped = cfg.federation.model_dump(mode="json")
     dumped["client"]["server_address"] = cfg.server_address
+    _at_mount(cfg, dumped["data"])
     return cfg.model_copy(update={"federation": from_mapping(dumped)})

@@ -13,7 +13,15 @@ from pydantic import Field, field_validator
 
 from infra import layout
 from infra.stack_fields import DnsLabel, DnsSubdomain, Strict, cidr_block, cidr_blocks, host_port, ip_literal
-from infra.stack_workloads import ClientDeployment, Image, KubernetesTarget, Network, ServerDeployment
+from infra.stack_workloads import (
+    ClientDeployment,
+    DataVolume,
+    Image,
+    KubernetesTarget,
+    Network,
+    ServerDeployment,
+    inside_claim,
+)
 from services.common.config import FederationConfig, from_mapping
 
 
@@ -77,17 +85,17 @@ class HubSettings(Strict):
 class SiloData(Strict):
     pvc: DnsSubdomain | None = Field(
         default=None,
-        description="An existing PersistentVolumeClaim in the silo's namespace holding the silo's .npz files "
-        "(mounted read-only); null: the bundled digits, a shard per client handed out by the server (demos).",
+        description="An existing PersistentVolumeClaim in the silo's namespace holding the silo's own data "
+        "(mounted read-only): the digits task's .npz files, or any other task's data in its format "
+        "(federation.data becomes source files, sharded false: a silo holds its own data); null: the bundled "
+        "digits, a shard per client handed out by the server (demos; the digits task only).",
     )
-    path: str = Field(default="", description="Directory of the .npz files inside the claim ('' : its root).")
+    path: str = Field(default="", description="The data's folder inside the claim ('' : its root).")
 
     @field_validator("path")
     @classmethod
     def _relative(cls, v: str) -> str:
-        if v.startswith("/") or ".." in v.split("/"):
-            raise ValueError(f"{v!r} must be a path inside the claim (relative, no '..')")
-        return v.strip("/")
+        return inside_claim(v)
 
 
 class SiloIdentityConfig(Strict):
@@ -131,6 +139,11 @@ class DeploymentSettings(Strict):
     run_as_user: int = Field(default=10001, ge=1, description="Non-root UID/GID the images are built for.")
     server: ServerDeployment = ServerDeployment()
     clients: ClientDeployment = ClientDeployment()
+    data: DataVolume | None = Field(
+        default=None,
+        description="One cluster: the clients' data set on a PersistentVolumeClaim (null: the task's bundled "
+        "data, digits only). Cross-silo: each silo's own deployment.silos.<i>.data instead.",
+    )
     network: Network = Network()
     hub: HubSettings = HubSettings()
     silos: tuple[Silo, ...] = Field(
@@ -176,5 +189,9 @@ class StackConfig(Strict):
         dumped["client"]["server_address"] = self.deployment.hub.public_address
         dumped["security"]["silos"] = []
         if silo.data.pvc is not None:
-            dumped["data"] |= {"source": "npz", "npz_dir": posixpath.join(layout.DATA_DIR, silo.data.path).rstrip("/")}
+            where = posixpath.join(layout.DATA_DIR, silo.data.path).rstrip("/")
+            if self.federation.task.kind == "builtin":
+                dumped["data"] |= {"source": "npz", "npz_dir": where}
+            else:
+                dumped["data"] |= {"source": "files", "path": where, "sharded": False}
         return from_mapping(dumped)

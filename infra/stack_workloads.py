@@ -81,6 +81,37 @@ class Storage(Strict):
     )
 
 
+def inside_claim(v: str) -> str:
+    if v.startswith("/") or ".." in v.split("/"):
+        raise ValueError(f"{v!r} must be a path inside the claim (relative, no '..')")
+    return v.strip("/")
+
+
+class DataVolume(Strict):
+    """The clients' data set: an existing PersistentVolumeClaim, mounted read-only into every client Pod
+    at infra/layout.py's DATA_DIR; federation.data becomes source files, sharded, path at the mount."""
+
+    claim: DnsSubdomain = Field(
+        description="An existing PersistentVolumeClaim in deployment.namespace holding the data set, one "
+        "folder per shard (shard-0, shard-1, ...) in the task's data format. Many client Pods mount it at "
+        "once: ReadOnlyMany (or ReadWriteMany) unless every Pod runs on one node (kind)."
+    )
+    sub_path: str = Field(default="", description="The folder of the shard folders inside the claim ('': its root).")
+    server_eval_sub_path: str | None = Field(
+        default=None,
+        description="A folder inside the claim the server evaluates each round's model on "
+        "(federation.data.server_eval_path); the server then mounts the claim read-only too.",
+    )
+    size: ByteQuantity = Field(
+        default="1Gi", description="The claim's storage request, which the namespace's quota must admit."
+    )
+
+    @field_validator("sub_path", "server_eval_sub_path")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        return None if v is None else inside_claim(v)
+
+
 class Scratch(Strict):
     tmp_size: ByteQuantity = Field(default="1Gi", description="sizeLimit of the /tmp emptyDir.")
 

@@ -119,3 +119,23 @@ def recommended_labels(kind: str, props: Mapping[str, Any]) -> list[str]:
         if missing:
             problems.append(f"{describe(kind, props)}: {where} lacks {', '.join(missing)}")
     return problems
+
+
+def client_data_read_only(kind: str, props: Mapping[str, Any]) -> list[str]:
+    """Client Pods (app.kubernetes.io/component: client) mount every PersistentVolumeClaim read-only,
+    in the volume and in each mount: a client reads its data set, it never writes into it (and many
+    clients share one claim)."""
+    problems = []
+    for pod in pod_specs(kind, props):
+        if pod.labels.get("app.kubernetes.io/component") != "client":
+            continue
+        claims = [v for v in items_of(pod.spec.get("volumes")) if is_map(lookup(v, "persistentVolumeClaim"))]
+        for volume in claims:
+            name = volume.get("name")
+            if lookup(volume, "persistentVolumeClaim", "readOnly") is not True:
+                problems.append(f"{describe(kind, props)}: volume {name!r} must set persistentVolumeClaim.readOnly: true")
+            for label, container in containers(pod.spec, ephemeral=True):
+                for mount in items_of(container.get("volumeMounts")):
+                    if mount.get("name") == name and mount.get("readOnly") is not True:
+                        problems.append(f"{describe(kind, props)} {label}: mount of {name!r} must be readOnly")
+    return problems

@@ -159,6 +159,14 @@ RECOMMENDED_LABELS = _resource_policy(
     lambda kind, props, _config: resource_checks.recommended_labels(kind, props),
 )
 
+CLIENT_DATA_READ_ONLY = _resource_policy(
+    "client-data-read-only",
+    "Client Pods mount every PersistentVolumeClaim (their data set) read-only, in the volume and each mount.",
+    lambda kind, props, _config: resource_checks.client_data_read_only(kind, props),
+    remediation_steps="Set persistentVolumeClaim.readOnly and the volumeMount's readOnly to true.",
+)
+
+
 def _stack_policy(
     name: str, description: str, check: Callable[[list[Declared]], list[Finding]]
 ) -> StackValidationPolicy:
@@ -192,6 +200,7 @@ RESOURCE_POLICIES: list[ResourceValidationPolicy] = [
     IMAGES_PINNED,
     NO_LOAD_BALANCER,
     RECOMMENDED_LABELS,
+    CLIENT_DATA_READ_ONLY,
 ]
 STACK_POLICIES: list[StackValidationPolicy] = [
     NAMESPACE_DEFAULT_DENY,

@@ -21,7 +21,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
 from infra.declared import MockedRun, Resource
 from infra.harness.mocked import run_program
-from infra.stack_files import REPO_ROOT
+from infra.stack_files import REPO_ROOT, stack_config
 from policy.pack_config import main as pack_config_main
 from policy.pack_config import pack_config
 from policy.tff_policies import ENFORCEMENT, PACK_NAME, POLICIES, RESOURCE_POLICIES, STACK_POLICIES
@@ -177,3 +177,14 @@ def test_pack_config_cli_writes_the_json_the_cli_takes(tmp_path: Path) -> None:
     assert pack_config_main(["--stack", "prod", "--out", str(out)]) == 0
     assert json.loads(out.read_text()) == pack_config("prod")
     assert pack_config_main(["--stack", "staging", "--out", str(out)]) == 2
+
+
+def test_a_stack_with_a_task_file_and_a_data_claim_passes_the_whole_pack() -> None:
+    """The task ConfigMap, its volume and the read-only data claim pass every policy (dev stack)."""
+    raw = stack_config("dev")
+    deployment = {**raw["tff-k8s:deployment"], "data": {"claim": "tff-data", "server_eval_sub_path": "eval"}}
+    federation = {k: v for k, v in raw["tff-k8s:federation"].items() if k != "data"}
+    federation["task"] = {"source": "examples/digits_cnn_images/task.yaml"}
+    run = run_program("dev", overrides={"tff-k8s:deployment": deployment, "tff-k8s:federation": federation})
+    assert any(r.inputs.get("metadata", {}).get("name", "").startswith("tff-k8s-task-") for r in run.resources)
+    assert _public_path_violations(run.resources, {"images-pinned": {"requireDigest": False}}) == []

@@ -38,6 +38,7 @@ from infra.harness.mocked import run_program
 from infra.stack_files import stack_config
 from policy import objects, stack_checks
 from policy.tff_policies import (
+    CLIENT_DATA_READ_ONLY,
     CONTAINER_RESOURCES,
     DISRUPTION_BUDGETS_ALLOW_EVICTION,
     IMAGES_PINNED,
@@ -68,6 +69,7 @@ def test_the_pack_has_every_mandatory_policy_once() -> None:
         "namespace-default-deny",
         "server-checkpoint-volume",
         "disruption-budgets-allow-eviction",
+        "client-data-read-only",
     }
     assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES)
 
@@ -303,6 +305,24 @@ def test_load_balancer_services_need_the_stack_switch() -> None:
         == []
     )
     assert resource_violations(NO_LOAD_BALANCER, SERVICE, service("LoadBalancer")), "strict without config"
+
+
+# --- client-data-read-only ---------------------------------------------------------------------------
+
+
+def _with_data(volume_read_only: bool, mount_read_only: bool, component: str = "client") -> dict[str, Any]:
+    d = deployment(component=component)
+    spec = d["spec"]["template"]["spec"]
+    spec["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": "d", "readOnly": volume_read_only}}]
+    spec["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/srv/d", "readOnly": mount_read_only}]
+    return d
+
+
+def test_client_pods_mount_their_data_read_only() -> None:
+    assert resource_violations(CLIENT_DATA_READ_ONLY, DEPLOYMENT, _with_data(True, True)) == []
+    assert "persistentVolumeClaim.readOnly" in resource_violations(CLIENT_DATA_READ_ONLY, DEPLOYMENT, _with_data(False, True))[0]
+    assert "must be readOnly" in resource_violations(CLIENT_DATA_READ_ONLY, DEPLOYMENT, _with_data(True, False))[0]
+    assert resource_violations(CLIENT_DATA_READ_ONLY, DEPLOYMENT, _with_data(False, False, "server")) == []
 
 
 # --- recommended-labels -------------------------------------------------------------------------------
