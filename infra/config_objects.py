@@ -56,7 +56,8 @@ def for_pods(fed: FederationConfig, task: TaskBundle | None) -> FederationConfig
     """``fed`` as the Pods read it: ``task.source`` at the mounted task file (not the project's path)."""
     if task is None:
         return fed
-    return fed.model_copy(update={"task": fed.task.model_copy(update={"source": task.mounted_task_file})})
+    return fed.model_copy(update={"task": fed.task.model_copy(update={"source": task.mounted_task_file,
+                                                                     "digest": task.digest})})
 
 
 def pod_annotations(

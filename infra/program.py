@@ -13,6 +13,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.clusters import HUB, provider_name
+from infra.config_objects import for_pods
 from infra.federation import Federation
 from infra.labels import CLIENT, Labels
 from infra.pki import FederationPki
@@ -20,6 +21,7 @@ from infra.silo import FederationSilo
 from infra.stack_inputs import read_credentials, read_stack_config
 from infra.stack_schema import StackConfig
 from infra.stack_workloads import KubernetesTarget
+from infra.task_bundle import read_bundle
 
 
 def provider(cluster: str, target: KubernetesTarget) -> k8s.Provider:
@@ -68,7 +70,7 @@ def main() -> None:
     pulumi.export("namespace", federation.namespace)
     pulumi.export("serverAddress", federation.server_address)
     pulumi.export("image", d.image.ref)
-    pulumi.export("runId", cfg.federation.run_id)
+    pulumi.export("runId", for_pods(cfg.federation, read_bundle(cfg.federation.task)).run_id)
     pulumi.export("logsCommand", kubectl(d.kubernetes, d.namespace, "logs", "--follow", f"pod/{d.server.name}"))
     if pki is None:
         pulumi.export("clientReplicas", d.clients.replicas)

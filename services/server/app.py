@@ -56,7 +56,7 @@ class FederationServer:
         training = cfg.training
         self.task = federated_task(cfg)
         contract = self.task.contract
-        self.run_id = cfg.run_identity(contract.fingerprint)
+        self.run_id = cfg.run_id
         aggregator = aggregator_for(training, self.task.result_layout, Slots(cfg.server.upload_slots))
         self.algorithm = ServerAlgorithm(self.task, training, aggregator)
         self.evaluator = Evaluator(self.task, server_eval_data(cfg, self.task))

@@ -66,7 +66,7 @@ class StateStore:
     def __init__(self, cfg: FederationConfig, codec: Codec,
                  evaluate: Callable[[ServerState], dict[str, float]], task_fingerprint: str = "") -> None:
         self.cfg = cfg
-        self.run_id = cfg.run_identity(task_fingerprint)
+        self.run_id = cfg.run_id
         self.out_dir = Path(cfg.server.output_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.codec = codec

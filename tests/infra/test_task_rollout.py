@@ -119,3 +119,18 @@ def test_digits_and_module_tasks_need_no_task_config_map() -> None:
 def test_every_declarative_example_ships(example: str) -> None:
     task_map = named(run(f"{example}/task.yaml"), "ConfigMap", "tff-k8s-task-")
     assert set(task_map["data"]) == {"task.yaml", "model.json"}
+
+
+def test_a_new_model_is_a_new_run(tmp_path: Path) -> None:
+    """The Pods' config carries the task files' digest, and the run's identity includes it: a new
+    model starts a new run (the old one archived) instead of resuming a checkpoint of another task."""
+    from services.common.config import from_mapping
+
+    task = copy_example(tmp_path)
+    before = federation_yaml(run(task))
+    model = task.parent / "model.json"
+    model.write_text(model.read_text().replace('"units": 16', '"units": 8'))
+    after = federation_yaml(run(task))
+    assert before["task"]["digest"] != after["task"]["digest"]
+    assert before["task"]["source"] == after["task"]["source"]  # the mount path: the same
+    assert from_mapping(before).run_id != from_mapping(after).run_id

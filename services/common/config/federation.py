@@ -41,18 +41,15 @@ class FederationConfig(Strict):
 
     @property
     def run_id(self) -> str:
-        """The run this config trains, before the task is loaded (see :meth:`run_identity`)."""
-        return self.run_identity("")
-
-    def run_identity(self, task_fingerprint: str) -> str:
         """The run this config trains: ``training.run_id`` when set, else ``run-`` and a hash of the
-        training, task, model and data sections and the loaded task's fingerprint (its architecture,
-        loss, metrics and data spec: services/tasks/contract.py). Ports, TLS, the server's and
-        clients' operational settings are not part of it: changing them goes on with the same run."""
+        training, task (its source and, for a shipped task file, its content's digest), model and data
+        sections. Ports, TLS, the server's and clients' operational settings are not part of it:
+        changing them goes on with the same run. A checkpoint also records the loaded task's contract
+        (services/tasks/contract.py): one of another task is never resumed."""
         if self.training.run_id:
             return self.training.run_id
         defining = {"training": self.training.model_dump(mode="json", exclude={"run_id"}),
-                    "task": self.task.model_dump(mode="json"), "task_fingerprint": task_fingerprint,
+                    "task": self.task.model_dump(mode="json"),
                     "model": self.model.model_dump(mode="json"), "data": self.data.model_dump(mode="json")}
         return "run-" + hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
 

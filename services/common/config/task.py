@@ -20,6 +20,12 @@ class TaskSettings(Strict):
         "'module:<package.module>' (a Python module in the image or on PYTHONPATH).",
     )
 
+    digest: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of a task file's content, set by whoever ships the file (the Pulumi program, "
+        "with the task's ConfigMap): part of the run's identity, so a new model starts a new run.",
+    )
+
     @model_validator(mode="after")
     def _known_kind(self) -> TaskSettings:
         s = self.source
