@@ -400,8 +400,9 @@ def test_dp_server_killed_and_restarted_resumes_its_adaptive_clip(tmp_path: Path
 
 # ---- 6. a client built for another model -------------------------------------------------------------
 def test_client_of_another_model_refuses_the_task(tmp_path: Path, faults) -> None:
-    """A client whose model differs from the server's (model.hidden_units) gets a task whose layout
-    fingerprint is not its own: it must exit 2 and say so, not train on or send garbage."""
+    """A client whose model differs from the server's (model.hidden_units) is refused at join: its task
+    contract names another architecture and weights layout. It must exit 2 and say which parts differ,
+    not train on or send garbage."""
     with federation(tmp_path, clients=1, rounds=1) as fed:
         server = fed.start_server()
         other = fed.start_client(0, "model.hidden_units=16")
@@ -413,11 +414,13 @@ def test_client_of_another_model_refuses_the_task(tmp_path: Path, faults) -> Non
         records = fed.records()
         accepted = msgs(server, "result accepted")
     assert other_exit == 2, log_text[-3000:]
-    assert errors and "model layout" in errors[-1]["msg"] and "same task" in errors[-1]["msg"], errors
+    assert errors and "learning task differs from the server's in" in errors[-1]["msg"], errors
+    assert "architecture (server" in errors[-1]["msg"] and "weights (server" in errors[-1]["msg"], errors
     assert "Traceback" not in log_text
     assert server_exit == 0 and records == [] and accepted == []
     faults.record(AREA, "client built for another model", "a client with model.hidden_units 16 joins a server "
-                  "training the 32-unit model", "the client refuses the task, says why and exits 2; nothing is sent",
-                  "the task's layout fingerprint differed from the client's: it logged 'the server's model uses model "
-                  "layout ...: server and clients must run the same task' (no traceback) and exited 2; no result "
-                  "reached the server")
+                  "training the 32-unit model", "the server refuses it at join, naming what differs; the client "
+                  "says why and exits 2; nothing is sent",
+                  "FAILED_PRECONDITION at join: 'this client's learning task differs from the server's in: "
+                  "architecture (...); weights (...)', logged by the client (no traceback), which exited 2; no "
+                  "result reached the server")
