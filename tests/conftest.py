@@ -43,6 +43,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for item in session.items:
         if module := _module(item.nodeid):
             _TRACK.collected[module].add(item.nodeid)
+    for arg in session.config.args:  # tests picked by node id: their module did not run whole
+        if "::" in arg and (module := _module(arg.split("::", 1)[0].removeprefix(str(ROOT) + "/") + "::")):
+            _TRACK.spoiled.add(module)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
