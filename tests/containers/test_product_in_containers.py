@@ -173,7 +173,7 @@ def test_killed_client_and_server_containers_do_not_stop_training(deploy: Any, f
     assert done[-1]["eval_accuracy"] >= ACCURACY, done[-1]
     assert fed.run_state()["started_at"] == run_started, "the restarted server resumed the run on its volume"
     faults.record("containers", "client container killed (SIGKILL to its init) mid-training",
-                  f"killed {victim.pod} at round {at_client_kill} of {fed.rounds}",
+                  f"killed the first client Pod's container at round {at_client_kill} of {fed.rounds}",
                   "restarted by its restart policy; training goes on and completes",
                   f"restarted; all {fed.rounds} rounds applied once; accuracy {done[-1]['eval_accuracy']:.3f}")
     faults.record("containers", "server container killed (SIGKILL to its init) mid-training",
